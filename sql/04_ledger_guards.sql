@@ -1,0 +1,76 @@
+-- The ledger is append-only and the totals are the engine's alone. These
+-- guards turn a well-meant hand edit in psql into a clear error instead of a
+-- silent mismatch between the balances and the ledger.
+
+CREATE OR REPLACE FUNCTION reject_ledger_change()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION '% is append-only: % is not allowed. To undo a commission, refund its payment (SELECT refund_payment(<payment id>)).',
+        TG_TABLE_NAME, TG_OP USING ERRCODE = 'CM003';
+END
+$$;
+COMMENT ON FUNCTION reject_ledger_change() IS
+    'Trigger function: refuses UPDATE, DELETE and TRUNCATE on the append-only tables commissions and commission_events.';
+
+CREATE OR REPLACE TRIGGER commissions_append_only
+    BEFORE UPDATE OR DELETE ON commissions
+    FOR EACH ROW EXECUTE FUNCTION reject_ledger_change();
+COMMENT ON TRIGGER commissions_append_only ON commissions IS 'The ledger is never updated or deleted.';
+
+CREATE OR REPLACE TRIGGER commissions_no_truncate
+    BEFORE TRUNCATE ON commissions
+    FOR EACH STATEMENT EXECUTE FUNCTION reject_ledger_change();
+COMMENT ON TRIGGER commissions_no_truncate ON commissions IS 'The ledger is never truncated.';
+
+CREATE OR REPLACE TRIGGER commission_events_append_only
+    BEFORE UPDATE OR DELETE ON commission_events
+    FOR EACH ROW EXECUTE FUNCTION reject_ledger_change();
+COMMENT ON TRIGGER commission_events_append_only ON commission_events IS 'The event log is never rewritten: clients resume from it.';
+
+CREATE OR REPLACE TRIGGER commission_events_no_truncate
+    BEFORE TRUNCATE ON commission_events
+    FOR EACH STATEMENT EXECUTE FUNCTION reject_ledger_change();
+COMMENT ON TRIGGER commission_events_no_truncate ON commission_events IS 'The event log is never truncated.';
+
+CREATE OR REPLACE FUNCTION engine_is_running()
+RETURNS boolean
+LANGUAGE sql STABLE
+AS $$ SELECT coalesce(current_setting('commissions.engine', true), '') = 'on' $$;
+COMMENT ON FUNCTION engine_is_running() IS
+    'True inside record_commission(): lets the guards tell the engine''s writes from a hand edit.';
+
+CREATE OR REPLACE FUNCTION guard_engine_columns()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF engine_is_running() THEN
+        RETURN NEW;
+    END IF;
+    IF TG_TABLE_NAME = 'partners' THEN
+        IF NEW.last_seq IS DISTINCT FROM OLD.last_seq THEN
+            RAISE EXCEPTION 'partners.last_seq of partner % is kept by the commission engine and cannot be changed by hand', OLD.id
+                USING ERRCODE = 'CM003';
+        END IF;
+        NEW.updated_at := now();
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'partner_balances are kept by the commission engine from the ledger: % by hand is not allowed (partner %, %)',
+        TG_OP, coalesce(NEW.partner_id, OLD.partner_id), coalesce(NEW.currency, OLD.currency)
+        USING ERRCODE = 'CM003';
+END
+$$;
+COMMENT ON FUNCTION guard_engine_columns() IS
+    'Trigger function: only the engine may change partners.last_seq or any partner_balances row.';
+
+CREATE OR REPLACE TRIGGER partners_guard_seq
+    BEFORE UPDATE ON partners
+    FOR EACH ROW EXECUTE FUNCTION guard_engine_columns();
+COMMENT ON TRIGGER partners_guard_seq ON partners IS 'last_seq is the engine''s: a gap or repeat would break resume.';
+
+CREATE OR REPLACE TRIGGER partner_balances_guard
+    BEFORE INSERT OR UPDATE OR DELETE ON partner_balances
+    FOR EACH ROW EXECUTE FUNCTION guard_engine_columns();
+COMMENT ON TRIGGER partner_balances_guard ON partner_balances IS 'Balances change only with the ledger, in the engine.';

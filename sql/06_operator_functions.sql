@@ -1,0 +1,43 @@
+-- What an operator (or the API on their behalf) does to a payment, callable
+-- from psql: SELECT verify_payment(42); They lock the payment, so concurrent
+-- calls on one payment take turns and the second gets a clear error.
+
+CREATE OR REPLACE FUNCTION change_payment_status(p_payment_id bigint, p_status payment_status)
+RETURNS payments
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_payment payments;
+BEGIN
+    SELECT * INTO v_payment FROM payments WHERE id = p_payment_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'payment % does not exist', p_payment_id USING ERRCODE = 'CM004';
+    END IF;
+    IF v_payment.status = p_status THEN
+        RAISE EXCEPTION 'illegal status change for payment %: it is already %', p_payment_id, p_status
+            USING ERRCODE = 'CM001';
+    END IF;
+    UPDATE payments SET status = p_status WHERE id = p_payment_id RETURNING * INTO v_payment;
+    RETURN v_payment;
+END
+$$;
+COMMENT ON FUNCTION change_payment_status(bigint, payment_status) IS
+    'Moves a payment to a new status under a row lock; the triggers check the transition and run the engine.';
+
+CREATE OR REPLACE FUNCTION verify_payment(p_payment_id bigint)
+RETURNS payments
+LANGUAGE sql
+AS $$ SELECT * FROM change_payment_status(p_payment_id, 'verified') $$;
+COMMENT ON FUNCTION verify_payment(bigint) IS 'Verifies a pending payment, earning its commission.';
+
+CREATE OR REPLACE FUNCTION refund_payment(p_payment_id bigint)
+RETURNS payments
+LANGUAGE sql
+AS $$ SELECT * FROM change_payment_status(p_payment_id, 'refunded') $$;
+COMMENT ON FUNCTION refund_payment(bigint) IS 'Refunds a verified payment, reversing its commission.';
+
+CREATE OR REPLACE FUNCTION fail_payment(p_payment_id bigint)
+RETURNS payments
+LANGUAGE sql
+AS $$ SELECT * FROM change_payment_status(p_payment_id, 'failed') $$;
+COMMENT ON FUNCTION fail_payment(bigint) IS 'Marks a pending payment as failed; it earns nothing.';

@@ -1,0 +1,21 @@
+//! What each subcommand does. `main.rs` only parses and calls [`run`].
+
+use crate::{
+    config::{Cli, Command},
+    db, startup,
+};
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Migrate(config) => {
+            db::migrate(config.database_url.expose()).await?;
+            tracing::info!("migrations and engine applied");
+            Ok(())
+        }
+        Command::Serve(config) => {
+            let app = startup::Application::build(config).await?;
+            tracing::info!(addr = %app.local_addr(), "serving");
+            app.run_until(startup::shutdown_signal()).await
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Configuration. Every setting is a flag that also reads the environment
+//! (`#[arg(long, env)]`), so there is one source for both. Secrets are held
+//! in [`Secret`], whose `Debug` never prints the value.
+
+use std::{fmt, net::SocketAddr, str::FromStr};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "commissions", version, about = "Real-time partner commissions on PostgreSQL")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the migrations, then (re)install the engine from sql/.
+    Migrate(DatabaseConfig),
+    /// Run the HTTP and WebSocket service.
+    Serve(ServeConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/commissions
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Secret,
+    /// Largest number of pooled connections this node opens for the API.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:5000")]
+    pub bind_addr: SocketAddr,
+    /// HS256 key that signs and checks the JWTs.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Secret,
+    /// Stripe's webhook signing secret (whsec_...). Unset: Stripe webhooks are refused.
+    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub stripe_webhook_secret: Option<Secret>,
+    /// Paystack secret key, which signs its webhooks. Unset: Paystack webhooks are refused.
+    #[arg(long, env = "PAYSTACK_SECRET_KEY", hide_env_values = true)]
+    pub paystack_secret_key: Option<Secret>,
+}
+
+/// A secret string. Its `Debug` and `Display` print `[redacted]`; read it
+/// with [`Secret::expose`] only where it is used.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}

@@ -1,0 +1,144 @@
+//! The HTTP layer's one error type, and the one place it becomes an
+//! `application/problem+json` response (RFC 9457). Each variant has a stable
+//! `type` URI clients can match on. A 500 logs its cause and sends none of it.
+
+use axum::{
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No token, or one that is malformed, forged or expired.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid caller asking for what is not theirs.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is well formed but clashes with the current state
+    /// (an illegal payment status change, a duplicate).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body or query could not be read at all.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Well-formed input with invalid values.
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    TooManyRequests(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The problem document. `type` and `title` are fixed per kind of error;
+/// `detail` is specific to this occurrence.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Error {
+    /// Our engine raises its own SQLSTATEs (see `sql/`); map them to what they mean over HTTP.
+    fn from_database(error: &sqlx::Error) -> Option<Error> {
+        let db = error.as_database_error()?;
+        let message = db.message().to_owned();
+        match db.code().as_deref() {
+            Some("CM001") | Some("CM003") => Some(Error::Conflict(message)),
+            Some("CM002") => Some(Error::Unprocessable(message)),
+            Some("CM004") => Some(Error::NotFound(message)),
+            // check_violation, not_null_violation, foreign_key_violation on input we passed through.
+            Some("23514") | Some("23502") => Some(Error::Unprocessable(message)),
+            Some("23503") => Some(Error::Unprocessable(message)),
+            Some("23505") => Some(Error::Conflict(message)),
+            _ => None,
+        }
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Database(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::NotFound(_) => "not-found",
+            Error::Conflict(_) => "conflict",
+            Error::BadRequest(_) => "bad-request",
+            Error::Unprocessable(_) => "invalid-input",
+            Error::PayloadTooLarge(_) => "payload-too-large",
+            Error::TooManyRequests(_) => "too-many-requests",
+            Error::Unavailable(_) => "unavailable",
+            Error::Database(_) | Error::Internal(_) => "internal",
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let status = self.status_code();
+        let detail = match self {
+            Error::Database(_) | Error::Internal(_) => None,
+            other => Some(other.to_string()),
+        };
+        Problem {
+            kind: format!("/problems/{}", self.slug()),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let this = match self {
+            Error::Database(ref e) => Error::from_database(e).unwrap_or(self),
+            other => other,
+        };
+        match &this {
+            Error::Database(e) => tracing::error!(error = ?e, "database error"),
+            Error::Internal(e) => tracing::error!(error = ?e, "internal error"),
+            _ => {}
+        }
+        let problem = this.problem();
+        let status = this.status_code();
+        (status, [(header::CONTENT_TYPE, "application/problem+json")], Json(problem)).into_response()
+    }
+}
+
+/// Lets a handler turn one named constraint into a 4xx and pass every other
+/// error through: `.map_err(|e| on_constraint(e, "payments_provider_reference_unique", |_| Error::Conflict(..)))`.
+pub fn on_constraint(error: sqlx::Error, name: &str, map: impl FnOnce(&dyn sqlx::error::DatabaseError) -> Error) -> Error {
+    match error.as_database_error() {
+        Some(db) if db.constraint() == Some(name) => map(db),
+        _ => Error::Database(error),
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,20 @@
+//! Real-time commissions: payments verified in PostgreSQL earn partner
+//! commissions (computed in SQL, see `sql/`), and every node relays each
+//! committed event over WebSocket to the sockets allowed to see it.
+
+/// JWT claims and roles: who a caller is and which partner they may see.
+pub mod auth;
+/// The subcommands (`migrate`, `serve`, `token`, ...) behind `main.rs`.
+pub mod cli;
+/// Configuration from flags and the environment, with secrets kept out of logs.
+pub mod config;
+/// The connection pool and the migrator (refinery, then the engine in `sql/`).
+pub mod db;
+/// REST endpoints, webhooks and the problem+json error mapping.
+pub mod http;
+/// Builds the app from config and binds it, so tests run the real server on port 0.
+pub mod startup;
+/// The durable event log both the REST API and the relay read from.
+pub mod events;
+/// Structured logging.
+pub mod telemetry;

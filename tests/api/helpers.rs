@@ -1,0 +1,199 @@
+//! The harness: a fresh, uniquely named, migrated database per test (dropped
+//! when the test ends, pass or fail), and the real server bound to port 0.
+
+use std::{net::SocketAddr, time::Duration};
+
+use commissions::{
+    config::{DatabaseConfig, Secret, ServeConfig},
+    db,
+    startup::Application,
+};
+use sqlx::PgPool;
+use tokio_postgres::NoTls;
+
+/// The maintenance URL tests create their databases through.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let server = base.rsplit_once('/').map(|(s, _)| s).unwrap_or(base);
+    match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
+/// A database of its own, migrated by the real `migrate`. Dropped on drop.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDatabase {
+    pub async fn new() -> Self {
+        let name = format!("commissions_test_{}", uuid::Uuid::new_v4().simple());
+        let (client, connection) = tokio_postgres::connect(&admin_url(), NoTls)
+            .await
+            .expect("cannot reach PostgreSQL at DATABASE_URL (run the tests with scripts/test)");
+        tokio::spawn(connection);
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+        let url = with_database(&admin_url(), &name);
+        db::migrate(&url).await.expect("migrate test database");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(60)
+            .connect(&url)
+            .await
+            .expect("connect to test database");
+        Self { name, url, pool }
+    }
+
+    /// A plain tokio-postgres connection, as a DBA's psql session would be.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// A connection whose notifications are forwarded to the returned channel.
+    pub async fn listen(&self, channels: &[&str]) -> (tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>) {
+        use futures::{stream, StreamExt};
+        let (client, mut connection) = tokio_postgres::connect(&self.url, NoTls).await.expect("connect");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                    let _ = tx.send(n);
+                }
+            }
+        });
+        for channel in channels {
+            client.batch_execute(&format!("LISTEN {channel}")).await.expect("listen");
+        }
+        (client, rx)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // The test's runtime is blocked in this drop, so its connections cannot
+        // be closed politely: drop the database from a thread with its own small
+        // runtime, and WITH (FORCE) ends the sessions still open.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async move {
+                if let Ok((client, connection)) = tokio_postgres::connect(&admin_url(), NoTls).await {
+                    tokio::spawn(connection);
+                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub const JWT_SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
+pub const STRIPE_SECRET: &str = "whsec_test_secret";
+pub const PAYSTACK_SECRET: &str = "sk_test_paystack_secret";
+
+/// A running node of the real server on 127.0.0.1:0, with its own database.
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    // Last: the database outlives the server.
+    pub db: TestDatabase,
+}
+
+pub fn serve_config(database_url: &str) -> ServeConfig {
+    ServeConfig {
+        database: DatabaseConfig { database_url: Secret::new(database_url), db_max_connections: 16 },
+        bind_addr: "127.0.0.1:0".parse().unwrap(),
+        jwt_secret: Secret::new(JWT_SECRET),
+        stripe_webhook_secret: Some(Secret::new(STRIPE_SECRET)),
+        paystack_secret_key: Some(Secret::new(PAYSTACK_SECRET)),
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    let db = TestDatabase::new().await;
+    spawn_app_on(db).await
+}
+
+pub async fn spawn_app_on(db: TestDatabase) -> TestApp {
+    let app = Application::build(serve_config(&db.url)).await.expect("build app");
+    let address = app.local_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        address,
+        base: format!("http://{address}"),
+        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        shutdown: Some(tx),
+        server: Some(server),
+        db,
+    }
+}
+
+impl TestApp {
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// Inserts a partner straight into SQL and returns its id.
+pub async fn create_partner(pool: &PgPool, name: &str, rate: Option<&str>) -> i64 {
+    let rate: Option<rust_decimal::Decimal> = rate.map(|r| r.parse().unwrap());
+    let row: (i64,) = sqlx::query_as(
+        "INSERT INTO partners (name, commission_rate) VALUES ($1, coalesce($2, 0.02)) RETURNING id",
+    )
+    .bind(name)
+    .bind(rate)
+    .fetch_one(pool)
+    .await
+    .expect("insert partner");
+    row.0
+}
+
+/// Inserts a pending payment straight into SQL and returns its id.
+pub async fn create_payment(pool: &PgPool, amount: &str, currency: &str, partner_id: Option<i64>) -> i64 {
+    let amount: rust_decimal::Decimal = amount.parse().unwrap();
+    let row: (i64,) = sqlx::query_as(
+        "INSERT INTO payments (amount, currency, partner_id) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(amount)
+    .bind(currency)
+    .bind(partner_id)
+    .fetch_one(pool)
+    .await
+    .expect("insert payment");
+    row.0
+}
