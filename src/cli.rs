@@ -2,7 +2,7 @@
 
 use crate::{
     config::{Cli, Command},
-    db, startup,
+    db, demo, startup,
 };
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -17,5 +17,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(addr = %app.local_addr(), "serving");
             app.run_until(startup::shutdown_signal()).await
         }
+        Command::Demo(config) => demo::demo(config).await,
+        Command::SimulatePayment(config) => demo::simulate_payment(config).await,
     }
 }

@@ -19,6 +19,10 @@ pub enum Command {
     Migrate(DatabaseConfig),
     /// Run the HTTP and WebSocket service.
     Serve(ServeConfig),
+    /// Migrate, create "Demo Partner", print dashboard links with tokens, then serve.
+    Demo(DemoConfig),
+    /// Record a pending payment for a partner and verify it, printing the commission.
+    SimulatePayment(SimulatePaymentConfig),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -47,6 +51,33 @@ pub struct ServeConfig {
     /// Paystack secret key, which signs its webhooks. Unset: Paystack webhooks are refused.
     #[arg(long, env = "PAYSTACK_SECRET_KEY", hide_env_values = true)]
     pub paystack_secret_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:5000")]
+    pub bind_addr: SocketAddr,
+    /// HS256 key for the printed tokens. Unset: a random key for this run only.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimulatePaymentConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    /// The partner credited with the commission.
+    #[arg(long)]
+    pub partner_id: i64,
+    /// Payment amount in major units, as a decimal string (100.00).
+    #[arg(long, default_value = "100.00")]
+    pub amount: String,
+    /// ISO 4217 currency code.
+    #[arg(long, default_value = "NGN")]
+    pub currency: String,
 }
 
 /// A secret string. Its `Debug` and `Display` print `[redacted]`; read it

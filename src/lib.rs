@@ -8,6 +8,10 @@ pub mod auth;
 pub mod cli;
 /// Configuration from flags and the environment, with secrets kept out of logs.
 pub mod config;
+/// The partner dashboard page and the JavaScript client, embedded in the binary.
+pub mod dashboard;
+/// The `demo` and `simulate-payment` subcommands: see a commission arrive in minutes.
+pub mod demo;
 /// The connection pool and the migrator (refinery, then the engine in `sql/`).
 pub mod db;
 /// REST endpoints, webhooks and the problem+json error mapping.

@@ -3,5 +3,6 @@
 
 mod helpers;
 
+mod dashboard;
 mod engine;
 mod migrate;

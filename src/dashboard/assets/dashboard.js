@@ -1,0 +1,282 @@
+// The partner dashboard: initial state from the REST API, then live events
+// from the WebSocket through CommissionsClient. Every piece of server data is
+// written with textContent, never parsed as HTML. The token is read once from
+// `?token=`, kept in sessionStorage and removed from the address bar, so it
+// does not linger in history, screenshots or Referer headers.
+//
+// What the page shows is only what the server sends it for this token: the
+// server decides which partner's data a token may see.
+
+import { CommissionsClient, decodeTokenPayload } from '/client/commissions-client.js';
+
+const FEED_LIMIT = 20;
+const TOAST_MS = 6000;
+const $ = (id) => document.getElementById(id);
+
+const view = {
+  rows: new Map(), // commission id -> <tr>, so a commission is listed once
+  cards: new Map(), // "partner:currency" -> card element
+};
+
+main().catch((err) => showBanner(`The dashboard failed to start: ${err.message}`));
+
+async function main() {
+  const token = takeToken();
+  if (!token) {
+    showBanner('No token. Open this page with ?token=<your JWT> (the `demo` command prints a link).');
+    setStatus('offline', 'no token');
+    return;
+  }
+  const claims = decodeTokenPayload(token);
+  if (!claims) {
+    showBanner('The token in the link is not a JWT.');
+    setStatus('offline', 'bad token');
+    return;
+  }
+  const params = new URLSearchParams(location.search);
+  const isAdmin = claims.role === 'admin';
+  // An admin may watch one partner with ?partner_id=; otherwise the admin room.
+  const partnerId = isAdmin ? numberOrNull(params.get('partner_id')) : numberOrNull(claims.partner_id);
+  document.body.classList.toggle('admin', isAdmin && partnerId === null);
+
+  let since;
+  if (partnerId !== null) {
+    $('subtitle').textContent = `Partner #${partnerId}`;
+    since = await loadPartner(token, partnerId);
+  } else {
+    $('title').textContent = 'Commissions · all partners';
+    $('subtitle').textContent = 'Admin view: every partner’s events as they happen';
+    $('totals-note').textContent = 'per partner and currency, from the events seen since this page opened';
+  }
+
+  const client = new CommissionsClient({ token, since, partnerId: isAdmin ? partnerId : null });
+  client.addEventListener('state', (e) => setStatus(e.detail.state, e.detail.reason));
+  client.addEventListener('ready', (e) => {
+    const ready = e.detail;
+    if (ready.totals && ready.partner_id !== undefined) applyTotals(ready.partner_id, ready.totals, false);
+  });
+  client.addEventListener('event', (e) => onEvent(e.detail.event, e.detail.replayed));
+  client.addEventListener('error', (e) => console.warn('commissions:', e.detail.code, e.detail.message));
+  window.commissionsClient = client; // for the console and the end-to-end test
+  client.start();
+}
+
+/** Loads the partner, its totals and latest commissions; returns the seq to resume after. */
+async function loadPartner(token, partnerId) {
+  try {
+    const partner = await api(token, `/api/partners/${partnerId}`);
+    if (partner.name) {
+      $('title').textContent = partner.name;
+      document.title = `${partner.name} · Commissions`;
+    }
+    applyTotals(partnerId, partner.totals || {}, false);
+    const page = await api(token, `/api/partners/${partnerId}/commissions?limit=${FEED_LIMIT}`);
+    const items = Array.isArray(page) ? page : page.items || page.commissions || page.data || [];
+    // Newest first from the API; append in that order.
+    for (const item of items) addRow(rowFromCommission(item, partnerId), 'end', false);
+    return Number.isSafeInteger(partner.last_seq) ? partner.last_seq : undefined;
+  } catch (err) {
+    // The socket's `ready` still brings the totals; only the history is missing.
+    showBanner(`Could not load the history: ${err.message}. Live updates continue.`);
+    return undefined;
+  }
+}
+
+async function api(token, path) {
+  const res = await fetch(path, { headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' } });
+  if (!res.ok) {
+    let detail = `${res.status} ${res.statusText}`;
+    try {
+      const problem = await res.json();
+      detail = problem.title || problem.detail || detail;
+    } catch { /* not JSON: keep the status line */ }
+    throw new Error(detail);
+  }
+  return res.json();
+}
+
+function onEvent(event, replayed) {
+  const data = event.data || {};
+  const row = {
+    id: data.commission_id,
+    partnerId: event.partner_id,
+    paymentId: data.payment_id,
+    kind: data.kind || (event.type === 'commission.reversed' ? 'reversed' : 'earned'),
+    amount: data.amount,
+    currency: data.currency,
+    rate: data.rate,
+    paymentAmount: data.payment_amount,
+    at: event.occurred_at,
+  };
+  const isNew = addRow(row, 'start', true);
+  // Replayed events carry the totals of their time; `ready` already set today's.
+  if (!replayed && data.totals) applyTotals(event.partner_id, data.totals, true);
+  if (isNew) toast(row, replayed);
+}
+
+function rowFromCommission(c, partnerId) {
+  return {
+    id: c.id ?? c.commission_id,
+    partnerId: c.partner_id ?? partnerId,
+    paymentId: c.payment_id,
+    kind: c.kind,
+    amount: c.amount,
+    currency: c.currency,
+    rate: c.rate,
+    paymentAmount: c.payment_amount,
+    at: c.created_at || c.occurred_at,
+  };
+}
+
+/** Adds a feed row unless that commission is already listed; returns whether it was added. */
+function addRow(row, where, highlight) {
+  const key = row.id !== undefined ? String(row.id) : `${row.paymentId}:${row.kind}`;
+  if (view.rows.has(key)) return false;
+  const tr = document.createElement('tr');
+  tr.dataset.commissionId = String(row.id ?? '');
+  tr.dataset.paymentId = String(row.paymentId ?? '');
+  tr.dataset.kind = row.kind || '';
+  const kind = document.createElement('span');
+  kind.className = `kind ${row.kind}`;
+  kind.textContent = row.kind === 'reversed' ? 'Reversed' : 'Earned';
+  const cells = [
+    [formatTime(row.at), ''],
+    [row.partnerId !== undefined ? `#${row.partnerId}` : '', 'admin-only'],
+    [row.paymentId !== undefined ? `#${row.paymentId}` : '', ''],
+    [kind, ''],
+    [money(row.paymentAmount, row.currency), 'num'],
+    [percent(row.rate), 'num'],
+    [(row.kind === 'reversed' ? '−' : '+') + money(row.amount, row.currency), `num amount ${row.kind}`],
+  ];
+  for (const [content, cls] of cells) {
+    const td = document.createElement('td');
+    if (cls) td.className = cls;
+    if (content instanceof Node) td.append(content);
+    else td.textContent = content;
+    tr.append(td);
+  }
+  if (highlight) tr.classList.add('new');
+  const body = $('feed');
+  if (where === 'start') body.prepend(tr);
+  else body.append(tr);
+  view.rows.set(key, tr);
+  while (body.rows.length > FEED_LIMIT * 5) {
+    const last = body.rows[body.rows.length - 1];
+    view.rows.delete([...view.rows].find(([, el]) => el === last)?.[0]);
+    last.remove();
+  }
+  $('feed-empty').hidden = body.rows.length > 0;
+  $('feed-count').textContent = `${body.rows.length} shown`;
+  return true;
+}
+
+/** Writes totals ({"NGN": {earned, pending, paid, reversed}}) into the cards, in place. */
+function applyTotals(partnerId, totals, highlight) {
+  for (const [currency, values] of Object.entries(totals)) {
+    const key = `${partnerId}:${currency}`;
+    let card = view.cards.get(key);
+    if (!card) {
+      card = $('total-card').content.firstElementChild.cloneNode(true);
+      card.dataset.partnerId = String(partnerId);
+      card.dataset.currency = currency;
+      card.querySelector('.currency').textContent = currency;
+      card.querySelector('.partner-tag').textContent = document.body.classList.contains('admin') ? `Partner #${partnerId}` : '';
+      $('totals').append(card);
+      view.cards.set(key, card);
+    }
+    for (const field of ['earned', 'pending', 'paid', 'reversed']) {
+      const el = card.querySelector(`[data-field="${field}"]`);
+      const text = money(values[field]); // the card's badge names the currency
+      if (el.textContent !== text) {
+        el.textContent = text;
+        if (highlight) flash(el);
+      }
+    }
+  }
+  $('totals-empty').hidden = view.cards.size > 0;
+}
+
+function toast(row, replayed) {
+  const box = document.createElement('div');
+  box.className = `toast ${row.kind}`;
+  box.dataset.paymentId = String(row.paymentId ?? '');
+  const title = document.createElement('strong');
+  title.textContent = row.kind === 'reversed'
+    ? `Commission reversed: −${money(row.amount, row.currency)}`
+    : `New commission: +${money(row.amount, row.currency)}`;
+  const detail = document.createElement('span');
+  const who = document.body.classList.contains('admin') ? `Partner #${row.partnerId} · ` : '';
+  detail.textContent = `${who}Payment #${row.paymentId} of ${money(row.paymentAmount, row.currency)}`
+    + (replayed ? ' · while you were away' : '');
+  box.append(title, detail);
+  $('toasts').append(box);
+  setTimeout(() => {
+    box.classList.add('leaving');
+    setTimeout(() => box.remove(), 400);
+  }, TOAST_MS);
+}
+
+const STATE_LABELS = { connecting: 'Connecting', live: 'Live', reconnecting: 'Reconnecting', offline: 'Offline' };
+
+function setStatus(state, reason) {
+  const el = $('status');
+  el.dataset.state = state;
+  $('status-label').textContent = STATE_LABELS[state] || state;
+  $('status-reason').textContent = reason || (state === 'live' ? 'receiving commissions as they commit' : '');
+  el.title = reason || '';
+}
+
+function showBanner(text) {
+  const el = $('banner');
+  el.textContent = text;
+  el.hidden = false;
+}
+
+function takeToken() {
+  const params = new URLSearchParams(location.search);
+  const fromUrl = params.get('token');
+  if (fromUrl) {
+    sessionStorage.setItem('commissions.token', fromUrl);
+    params.delete('token');
+    const rest = params.toString();
+    history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : '') + location.hash);
+    return fromUrl;
+  }
+  return sessionStorage.getItem('commissions.token');
+}
+
+/** A decimal string with thousands separators; the digits are the server's, never a float's. */
+function money(amount, currency) {
+  if (amount === undefined || amount === null) return '–';
+  const [int, frac] = String(amount).split('.');
+  const grouped = int.replace(/\B(?=(\d{3})+(?!\d))/g, ',');
+  return `${currency ? `${currency} ` : ''}${grouped}${frac !== undefined ? `.${frac}` : ''}`;
+}
+
+function percent(rate) {
+  if (rate === undefined || rate === null) return '–';
+  // Shift the decimal point two places on the string, so 0.025 shows as 2.5%.
+  const [int, frac = ''] = String(rate).split('.');
+  const digits = `${int}${frac.padEnd(2, '0')}`;
+  const whole = digits.slice(0, int.length + 2).replace(/^0+(?=\d)/, '');
+  const rest = digits.slice(int.length + 2).replace(/0+$/, '');
+  return `${whole}${rest ? `.${rest}` : ''}%`;
+}
+
+function formatTime(iso) {
+  if (!iso) return '';
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return String(iso);
+  return date.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
+}
+
+function flash(el) {
+  el.classList.remove('flash');
+  void el.offsetWidth; // restart the animation
+  el.classList.add('flash');
+}
+
+function numberOrNull(value) {
+  const n = Number(value);
+  return value !== null && value !== undefined && value !== '' && Number.isSafeInteger(n) ? n : null;
+}
