@@ -46,7 +46,7 @@ impl TestDatabase {
         let url = with_database(&admin_url(), &name);
         db::migrate(&url).await.expect("migrate test database");
         let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(60)
+            .max_connections(10)
             .connect(&url)
             .await
             .expect("connect to test database");

@@ -1,0 +1,375 @@
+//! Drives verified payments into the service, straight through SQL or
+//! through the signed Stripe webhook, at a fixed rate or as fast as it goes,
+//! while the sockets of `clients` check and time every event.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{
+    clients::{self, Clock, Room, SocketOutcome, AMOUNT_BASE_MINOR},
+    node::{BenchDatabase, Node, ProcessStats, STRIPE_SECRET},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Path {
+    Sql,
+    Webhook,
+}
+
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub nodes: usize,
+    pub sockets: usize,
+    pub admin_sockets: usize,
+    pub partners: usize,
+    pub concurrency: usize,
+    pub duration: Duration,
+    /// Payments per second; None = as fast as possible.
+    pub rate: Option<u64>,
+    pub path: Path,
+    pub kill_listener_every: Option<Duration>,
+}
+
+pub struct Outcome {
+    pub sent: u64,
+    pub failed_requests: u64,
+    pub elapsed: Duration,
+    pub committed_events: u64,
+    pub delivered: u64,
+    pub expected_deliveries: u64,
+    pub duplicates: u64,
+    pub gaps: u64,
+    pub closed_early: u64,
+    pub latency_us: Histogram<u64>,
+    pub server_cpu_percent: f64,
+    pub server_peak_rss_kib: u64,
+    pub listener_kills: u64,
+}
+
+pub async fn create_partners(db: &BenchDatabase, count: usize) -> anyhow::Result<Vec<i64>> {
+    let client = db.connect().await?;
+    let rows = client
+        .query("INSERT INTO partners (name) SELECT 'bench partner ' || i FROM generate_series(1, $1::int) i RETURNING id", &[&(count as i32)])
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+fn amount_of(request: u64) -> rust_decimal::Decimal {
+    rust_decimal::Decimal::new((AMOUNT_BASE_MINOR + request) as i64, 2)
+}
+
+fn stripe_event(request: u64, partner: i64) -> String {
+    serde_json::json!({
+        "id": format!("evt_bench_{}_{request}", std::process::id()),
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "data": { "object": {
+            "id": format!("pi_bench_{}_{request}", std::process::id()),
+            "object": "payment_intent",
+            "amount": AMOUNT_BASE_MINOR + request,
+            "amount_received": AMOUNT_BASE_MINOR + request,
+            "currency": "ngn",
+            "status": "succeeded",
+            "metadata": { "partner_id": partner.to_string() }
+        }}
+    })
+    .to_string()
+}
+
+fn stripe_signature(body: &str) -> String {
+    let timestamp = chrono::Utc::now().timestamp();
+    let mut mac = Hmac::<Sha256>::new_from_slice(STRIPE_SECRET.as_bytes()).expect("any key length");
+    mac.update(format!("{timestamp}.{body}").as_bytes());
+    format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+enum Sender {
+    Sql(tokio_postgres::Client, tokio_postgres::Statement),
+    Webhook(reqwest::Client, Vec<String>),
+}
+
+impl Sender {
+    async fn send(&self, request: u64, partner: i64) -> anyhow::Result<()> {
+        match self {
+            Sender::Sql(client, statement) => {
+                client.execute(statement, &[&amount_of(request), &partner]).await?;
+            }
+            Sender::Webhook(http, nodes) => {
+                let body = stripe_event(request, partner);
+                let node = &nodes[request as usize % nodes.len()];
+                let response = http
+                    .post(format!("{node}/webhooks/stripe"))
+                    .header("content-type", "application/json")
+                    .header("stripe-signature", stripe_signature(&body))
+                    .body(body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(response.status().is_success(), "webhook answered {}", response.status());
+            }
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
+    let partners = create_partners(db, load.partners).await?;
+    let mut nodes = Vec::new();
+    for _ in 0..load.nodes {
+        nodes.push(Node::start(db).await?);
+    }
+
+    // Open every socket and wait for its `ready` before any payment is sent.
+    let mut rooms = Vec::new();
+    for i in 0..load.sockets {
+        rooms.push((i, Room::Partner(partners[i % partners.len()])));
+    }
+    for i in 0..load.admin_sockets {
+        rooms.push((load.sockets + i, Room::Admin));
+    }
+    let mut sockets = Vec::with_capacity(rooms.len());
+    for chunk in rooms.chunks(256) {
+        let mut batch = Vec::new();
+        for &(i, room) in chunk {
+            let ws = nodes[i % nodes.len()].ws();
+            batch.push(tokio::spawn(async move {
+                clients::connect(&ws, &format!("bench-{i}"), room, None).await.map(|(s, head)| (s, room, head))
+            }));
+        }
+        for task in batch {
+            sockets.push(task.await?.context("open socket")?);
+        }
+    }
+
+    let capacity = match load.rate {
+        Some(rate) => (rate as f64 * load.duration.as_secs_f64() * 1.5) as usize + 10_000,
+        None => 400_000,
+    };
+    let clock = Clock::new(capacity);
+    let expected: Arc<OnceLock<HashMap<Room, u64>>> = Arc::new(OnceLock::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+    let mut consumers = Vec::new();
+    for (socket, room, head) in sockets {
+        let (clock, stop, expected) = (clock.clone(), stop_rx.clone(), expected.clone());
+        consumers.push(tokio::spawn(async move {
+            clients::consume(socket, room, head, clock, stop, move |r| expected.get().and_then(|m| m.get(&r).copied())).await
+        }));
+    }
+    let admin_head = db.connect().await?.query_one("SELECT coalesce(max(position), 0) FROM commission_events", &[]).await?.get::<_, i64>(0);
+
+    let kills = Arc::new(AtomicU64::new(0));
+    let killer = load.kill_listener_every.map(|every| {
+        let (url, name, kills) = (db.url.clone(), db.name.clone(), kills.clone());
+        tokio::spawn(async move {
+            let client = crate::node::connect(&url).await?;
+            loop {
+                tokio::time::sleep(every).await;
+                let n = client
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'commissions:listener' AND datname = $1",
+                        &[&name],
+                    )
+                    .await?;
+                kills.fetch_add(n, Ordering::Relaxed);
+            }
+            #[allow(unreachable_code)]
+            anyhow::Ok(())
+        })
+    });
+
+    let cpu_before: Vec<ProcessStats> = nodes.iter().map(Node::stats).collect();
+    let next_request = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + load.duration;
+    let (ticket_tx, ticket_rx) = async_channel(load.concurrency * 4);
+    let pacer = load.rate.map(|rate| {
+        let next_request = next_request.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(1));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut owed = 0.0;
+            while Instant::now() < deadline {
+                interval.tick().await;
+                owed += rate as f64 / 1000.0;
+                while owed >= 1.0 {
+                    owed -= 1.0;
+                    let request = next_request.fetch_add(1, Ordering::Relaxed);
+                    if ticket_tx.send(request).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    });
+
+    let mut workers = Vec::new();
+    for _ in 0..load.concurrency {
+        let sender = match load.path {
+            Path::Sql => {
+                let client = db.connect().await?;
+                let statement = client
+                    .prepare("INSERT INTO payments (amount, currency, partner_id, status) VALUES ($1, 'NGN', $2, 'verified')")
+                    .await?;
+                Sender::Sql(client, statement)
+            }
+            Path::Webhook => Sender::Webhook(reqwest::Client::new(), nodes.iter().map(Node::http).collect()),
+        };
+        let (clock, partners, next_request, failed, tickets) =
+            (clock.clone(), partners.clone(), next_request.clone(), failed.clone(), ticket_rx.clone());
+        let paced = load.rate.is_some();
+        workers.push(tokio::spawn(async move {
+            loop {
+                let request = if paced {
+                    match tickets.recv().await {
+                        Some(r) => r,
+                        None => break,
+                    }
+                } else {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    next_request.fetch_add(1, Ordering::Relaxed)
+                };
+                if request as usize >= clock.capacity() {
+                    break;
+                }
+                clock.mark_sent(request);
+                if let Err(e) = sender.send(request, partners[request as usize % partners.len()]).await {
+                    if failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                        eprintln!("request {request} failed: {e:#}");
+                    }
+                }
+            }
+        }));
+    }
+    drop(ticket_rx);
+    if let Some(pacer) = pacer {
+        let _ = pacer.await;
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let elapsed = started.elapsed();
+    if let Some(killer) = killer {
+        killer.abort();
+    }
+    let cpu_after: Vec<ProcessStats> = nodes.iter().map(Node::stats).collect();
+
+    // What each room should have received: the log says.
+    let client = db.connect().await?;
+    let mut want = HashMap::new();
+    for row in client.query("SELECT id, last_seq FROM partners WHERE id = ANY($1)", &[&partners]).await? {
+        want.insert(Room::Partner(row.get(0)), row.get::<_, i64>(1) as u64);
+    }
+    let committed_events: i64 = client
+        .query_one("SELECT count(*) FROM commission_events WHERE position > $1", &[&admin_head])
+        .await?
+        .get(0);
+    want.insert(Room::Admin, committed_events as u64);
+    let _ = expected.set(want.clone());
+    let _ = stop_tx.send(Some(committed_events as u64));
+
+    let mut outcome = Outcome {
+        sent: next_request.load(Ordering::Relaxed).min(clock.capacity() as u64),
+        failed_requests: failed.load(Ordering::Relaxed),
+        elapsed,
+        committed_events: committed_events as u64,
+        delivered: 0,
+        expected_deliveries: 0,
+        duplicates: 0,
+        gaps: 0,
+        closed_early: 0,
+        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        server_cpu_percent: 0.0,
+        server_peak_rss_kib: cpu_after.iter().map(|s| s.peak_rss_kib).max().unwrap_or(0),
+        listener_kills: kills.load(Ordering::Relaxed),
+    };
+    let cpu: f64 = cpu_after.iter().zip(&cpu_before).map(|(a, b)| a.cpu_seconds - b.cpu_seconds).sum();
+    outcome.server_cpu_percent = 100.0 * cpu / elapsed.as_secs_f64();
+    for consumer in consumers {
+        let socket: SocketOutcome = consumer.await?;
+        outcome.expected_deliveries += want.get(&socket.room).copied().unwrap_or(0);
+        outcome.delivered += socket.received;
+        outcome.duplicates += socket.duplicates;
+        outcome.gaps += socket.gaps;
+        if let Some(reason) = &socket.closed_early {
+            if outcome.closed_early < 3 {
+                eprintln!("a socket closed early: {reason}");
+            }
+            outcome.closed_early += 1;
+        }
+        outcome.latency_us.add(&socket.latency_us)?;
+    }
+    Ok(outcome)
+}
+
+/// A bounded multi-consumer queue of request numbers, for the pacer.
+fn async_channel(capacity: usize) -> (tokio::sync::mpsc::Sender<u64>, SharedReceiver) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    (tx, SharedReceiver(Arc::new(tokio::sync::Mutex::new(rx))))
+}
+
+#[derive(Clone)]
+struct SharedReceiver(Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<u64>>>);
+
+impl SharedReceiver {
+    async fn recv(&self) -> Option<u64> {
+        self.0.lock().await.recv().await
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ResumeRow {
+    pub missed: usize,
+    pub received: usize,
+    pub duplicates: usize,
+    pub millis_to_all: f64,
+}
+
+/// A partner's dashboard misses `missed` events, then reconnects with since.
+pub async fn resume(db: &BenchDatabase, missed: usize) -> anyhow::Result<ResumeRow> {
+    let partner = create_partners(db, 1).await?[0];
+    let node = Node::start(db).await?;
+    let (socket, head) = clients::connect(&node.ws(), "resume", Room::Partner(partner), None).await?;
+    drop(socket);
+    db.connect()
+        .await?
+        .execute(
+            "INSERT INTO payments (amount, currency, partner_id, status) \
+             SELECT 100, 'NGN', $1, 'verified' FROM generate_series(1, $2::int)",
+            &[&partner, &(missed as i32)],
+        )
+        .await?;
+    let target = head + missed as i64;
+    let started = Instant::now();
+    let (mut socket, _) = clients::connect(&node.ws(), "resume", Room::Partner(partner), Some(head)).await?;
+    let (mut received, mut duplicates, mut last) = (0usize, 0usize, head);
+    while last < target {
+        let Some(message) = tokio::time::timeout(Duration::from_secs(30), socket.next()).await? else { break };
+        if let Message::Text(text) = message? {
+            let value: serde_json::Value = serde_json::from_str(&text)?;
+            if let Some(seq) = value["seq"].as_i64().filter(|_| value["type"] != "ready") {
+                if seq <= last {
+                    duplicates += 1;
+                } else {
+                    received += 1;
+                    last = seq;
+                }
+            }
+        }
+    }
+    Ok(ResumeRow { missed, received, duplicates, millis_to_all: started.elapsed().as_secs_f64() * 1000.0 })
+}

@@ -1,0 +1,138 @@
+//! The system under test: a database of the bench's own, and service nodes
+//! run as real `commissions serve` processes so their CPU and memory can be
+//! read from /proc.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use tokio_postgres::NoTls;
+
+pub const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789";
+pub const STRIPE_SECRET: &str = "whsec_bench_secret";
+
+pub struct BenchDatabase {
+    admin_url: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl BenchDatabase {
+    pub async fn create(admin_url: &str) -> anyhow::Result<Self> {
+        let name = format!("commissions_bench_{}", std::process::id());
+        let admin = connect(admin_url).await.context("DATABASE_URL reaches no PostgreSQL")?;
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name}")).await?;
+        let base = admin_url.split('?').next().unwrap_or(admin_url);
+        let url = format!("{}/{name}", base.rsplit_once('/').map(|(s, _)| s).unwrap_or(base));
+        commissions::db::migrate(&url).await?;
+        Ok(Self { admin_url: admin_url.to_owned(), name, url })
+    }
+
+    pub async fn drop_database(&self) {
+        if let Ok(admin) = connect(&self.admin_url).await {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await;
+        }
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
+        connect(&self.url).await
+    }
+}
+
+pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// One `commissions serve` process on a free loopback port.
+pub struct Node {
+    child: Child,
+    pub port: u16,
+}
+
+impl Node {
+    pub async fn start(db: &BenchDatabase) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let child = Command::new(env!("CARGO_BIN_EXE_commissions"))
+            .arg("serve")
+            .env("DATABASE_URL", &db.url)
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("JWT_SECRET", JWT_SECRET)
+            .env("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET)
+            .env("DB_MAX_CONNECTIONS", "32")
+            // The bench opens thousands of sockets from one address at once.
+            .env("WS_MAX_SOCKETS_PER_USER", "100000")
+            .env("WS_HANDSHAKES_PER_SECOND_PER_IP", "1000000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start commissions serve")?;
+        let node = Self { child, port };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = http.get(format!("{}/readyz", node.http())).send().await {
+                if r.status().is_success() {
+                    return Ok(node);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("node on port {port} did not become ready")
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ws(&self) -> String {
+        format!("ws://127.0.0.1:{}/notifications", self.port)
+    }
+
+    pub fn stats(&self) -> ProcessStats {
+        ProcessStats::read(self.child.id())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// CPU time and memory of a process, from /proc.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessStats {
+    pub cpu_seconds: f64,
+    pub rss_kib: u64,
+    pub peak_rss_kib: u64,
+}
+
+impl ProcessStats {
+    pub fn read(pid: u32) -> Self {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th of those.
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Self { cpu_seconds: (ticks(11) + ticks(12)) / hz, rss_kib: kib("VmRSS:"), peak_rss_kib: kib("VmHWM:") }
+    }
+}
