@@ -57,6 +57,7 @@ const OFFLINE_CLOSES = new Map([
 ]);
 
 const CLOSE_REASONS = new Map([
+  [4000, 'client resumed'],
   [1000, 'closed by the server'],
   [1001, 'server going away'],
   [1003, 'server refused a message'],
@@ -198,7 +199,7 @@ export class CommissionsClient extends EventTarget {
     if (this.room === 'partner' && this.cursor !== null && cursor > this.cursor + 1) {
       // The protocol promises no gap; if one shows anyway, resume from what we have.
       this.emit('error', { code: 'gap', message: `expected seq ${this.cursor + 1}, got ${cursor}; resuming` });
-      socket.close(4000, 'gap');
+      this.abandon(socket, 4000, 'resuming after a gap');
       return;
     }
     this.cursor = cursor;
@@ -214,11 +215,23 @@ export class CommissionsClient extends EventTarget {
     if (this.stopped) return;
     const offline = OFFLINE_CLOSES.get(close.code);
     if (offline) {
-      this.stop(close.reason ? `${offline} (${close.reason})` : offline);
+      this.stop(close.reason && !offline.startsWith(close.reason) ? `${offline} (${close.reason})` : offline);
       return;
     }
     const known = CLOSE_REASONS.get(close.code) || `closed (${close.code})`;
     this.scheduleReconnect(close.reason ? `${known}: ${close.reason}` : known);
+  }
+
+  /**
+   * Leaves a socket we no longer trust without waiting for its close
+   * handshake (a dead peer would never answer it), then resumes.
+   */
+  abandon(socket, code, reason) {
+    if (socket !== this.socket) return;
+    this.onClose(socket, { code, reason });
+    socket.onmessage = null;
+    socket.onclose = null;
+    socket.close(code, reason);
   }
 
   scheduleReconnect(reason) {
@@ -242,7 +255,7 @@ export class CommissionsClient extends EventTarget {
       const socket = this.socket;
       if (!socket || socket.readyState !== WebSocket.OPEN) return;
       socket.send('{"type":"ping"}');
-      this.timers.dead = setTimeout(() => socket.close(4002, 'no answer to ping'), this.pingMs);
+      this.timers.dead = setTimeout(() => this.abandon(socket, 4002, 'no answer to ping'), this.pingMs);
     }, this.pingMs);
   }
 

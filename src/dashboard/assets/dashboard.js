@@ -11,6 +11,7 @@ import { CommissionsClient, decodeTokenPayload } from '/client/commissions-clien
 
 const FEED_LIMIT = 20;
 const TOAST_MS = 6000;
+const MAX_TOASTS = 4;
 const $ = (id) => document.getElementById(id);
 
 const view = {
@@ -209,7 +210,10 @@ function toast(row, replayed) {
   detail.textContent = `${who}Payment #${row.paymentId} of ${money(row.paymentAmount, row.currency)}`
     + (replayed ? ' · while you were away' : '');
   box.append(title, detail);
-  $('toasts').append(box);
+  const stack = $('toasts');
+  stack.append(box);
+  // A long replay must not bury the page: keep the newest few.
+  while (stack.children.length > MAX_TOASTS) stack.firstElementChild.remove();
   setTimeout(() => {
     box.classList.add('leaving');
     setTimeout(() => box.remove(), 400);
