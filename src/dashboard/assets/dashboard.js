@@ -13,13 +13,12 @@ const FEED_LIMIT = 20;
 const TOAST_MS = 6000;
 const MAX_TOASTS = 4;
 const $ = (id) => document.getElementById(id);
+const STATE_LABELS = { connecting: 'Connecting', live: 'Live', reconnecting: 'Reconnecting', offline: 'Offline' };
 
 const view = {
   rows: new Map(), // commission id -> <tr>, so a commission is listed once
   cards: new Map(), // "partner:currency" -> card element
 };
-
-main().catch((err) => showBanner(`The dashboard failed to start: ${err.message}`));
 
 async function main() {
   const token = takeToken();
@@ -220,8 +219,6 @@ function toast(row, replayed) {
   }, TOAST_MS);
 }
 
-const STATE_LABELS = { connecting: 'Connecting', live: 'Live', reconnecting: 'Reconnecting', offline: 'Offline' };
-
 function setStatus(state, reason) {
   const el = $('status');
   el.dataset.state = state;
@@ -284,3 +281,6 @@ function numberOrNull(value) {
   const n = Number(value);
   return value !== null && value !== undefined && value !== '' && Number.isSafeInteger(n) ? n : null;
 }
+
+// Last, so every constant above is initialised before anything runs.
+main().catch((err) => showBanner(`The dashboard failed to start: ${err.message}`));
