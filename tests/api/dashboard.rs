@@ -8,18 +8,21 @@ use commissions::{
 };
 use reqwest::{header, StatusCode};
 
-use crate::helpers::{create_partner, spawn_app, TestDatabase};
+use crate::helpers::{create_partner, spawn_app, TestApp, TestDatabase};
+
+async fn get(app: &TestApp, path: &str) -> reqwest::Response {
+    app.http
+        .get(format!("{}{path}", app.base))
+        .send()
+        .await
+        .unwrap()
+}
 
 #[tokio::test]
 async fn the_page_and_its_modules_are_served_with_types_and_a_strict_policy() {
     let app = spawn_app().await;
     for path in ["/", "/dashboard"] {
-        let res = app
-            .http
-            .get(format!("{}{path}", app.base))
-            .send()
-            .await
-            .unwrap();
+        let res = get(&app, path).await;
         assert_eq!(res.status(), StatusCode::OK, "{path}");
         assert_eq!(
             res.headers()[header::CONTENT_TYPE],
@@ -57,12 +60,7 @@ async fn the_page_and_its_modules_are_served_with_types_and_a_strict_policy() {
             ".status",
         ),
     ] {
-        let res = app
-            .http
-            .get(format!("{}{path}", app.base))
-            .send()
-            .await
-            .unwrap();
+        let res = get(&app, path).await;
         assert_eq!(res.status(), StatusCode::OK, "{path}");
         assert_eq!(res.headers()[header::CONTENT_TYPE], content_type, "{path}");
         assert_eq!(res.headers()[header::CACHE_CONTROL], "no-cache", "{path}");
