@@ -75,8 +75,18 @@ pub async fn demo(config: DemoConfig) -> anyhow::Result<()> {
         auth::mint(&admin, jwt_secret.expose())
     );
     println!();
-    println!("  Then, in another terminal, watch a commission arrive:");
-    println!("  DATABASE_URL=... commissions simulate-payment --partner-id {partner_id} --amount 100.00 --currency NGN");
+    // The path of this very binary, so the hint works as printed (the
+    // database URL is left out: it may hold a password).
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| {
+            p.strip_prefix(std::env::current_dir().ok()?)
+                .ok()
+                .map(|p| p.display().to_string())
+        })
+        .unwrap_or_else(|| "commissions".into());
+    println!("  Then, in another terminal with the same DATABASE_URL, watch a commission arrive:");
+    println!("  {exe} simulate-payment --partner-id {partner_id} --amount 100.00 --currency NGN");
     println!();
 
     tracing::info!(addr = %app.local_addr(), "serving the demo");
