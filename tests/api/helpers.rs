@@ -130,7 +130,13 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_on(db: TestDatabase) -> TestApp {
-    let app = Application::build(serve_config(&db.url)).await.expect("build app");
+    let config = serve_config(&db.url);
+    spawn_app_with(db, config).await
+}
+
+/// A node with a configuration of the test's own (e.g. a webhook secret unset).
+pub async fn spawn_app_with(db: TestDatabase, config: ServeConfig) -> TestApp {
+    let app = Application::build(config).await.expect("build app");
     let address = app.local_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
