@@ -36,6 +36,11 @@ pub fn mint_token(config: &TokenConfig, now: i64) -> anyhow::Result<String> {
         Some(id) => format!("partner:{id}"),
         None => "admin".to_owned(),
     });
-    let claims = Claims { sub, role, partner_id, exp: now + config.ttl };
+    let claims = Claims {
+        sub,
+        role,
+        partner_id,
+        exp: now + config.ttl,
+    };
     Ok(auth::mint(&claims, config.jwt_secret.expose()))
 }

@@ -35,7 +35,11 @@ pub struct Filter<'a> {
     pub before: Option<i64>,
 }
 
-pub async fn list(db: impl sqlx::PgExecutor<'_>, filter: Filter<'_>, limit: i64) -> Result<Vec<Commission>, sqlx::Error> {
+pub async fn list(
+    db: impl sqlx::PgExecutor<'_>,
+    filter: Filter<'_>,
+    limit: i64,
+) -> Result<Vec<Commission>, sqlx::Error> {
     sqlx::query_as!(
         Commission,
         r#"SELECT c.id, c.payment_id, c.partner_id,
@@ -63,7 +67,15 @@ pub async fn list(db: impl sqlx::PgExecutor<'_>, filter: Filter<'_>, limit: i64)
 }
 
 /// The entry of one kind for one payment, if the engine wrote one.
-pub async fn for_payment(db: impl sqlx::PgExecutor<'_>, payment_id: i64, kind: &str) -> Result<Option<Commission>, sqlx::Error> {
-    let filter = Filter { payment_id: Some(payment_id), kind: Some(kind), ..Filter::default() };
+pub async fn for_payment(
+    db: impl sqlx::PgExecutor<'_>,
+    payment_id: i64,
+    kind: &str,
+) -> Result<Option<Commission>, sqlx::Error> {
+    let filter = Filter {
+        payment_id: Some(payment_id),
+        kind: Some(kind),
+        ..Filter::default()
+    };
     Ok(list(db, filter, 1).await?.pop())
 }

@@ -138,7 +138,12 @@ impl IntoResponse for Error {
         }
         let problem = this.problem();
         let status = this.status_code();
-        (status, [(header::CONTENT_TYPE, "application/problem+json")], Json(problem)).into_response()
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            Json(problem),
+        )
+            .into_response()
     }
 }
 
@@ -149,9 +154,9 @@ impl From<JsonRejection> for Error {
         match rejection {
             JsonRejection::JsonDataError(e) => Error::Unprocessable(e.body_text()),
             JsonRejection::JsonSyntaxError(e) => Error::BadRequest(e.body_text()),
-            JsonRejection::MissingJsonContentType(_) => {
-                Error::UnsupportedMediaType("the body must be JSON, sent with Content-Type: application/json".into())
-            }
+            JsonRejection::MissingJsonContentType(_) => Error::UnsupportedMediaType(
+                "the body must be JSON, sent with Content-Type: application/json".into(),
+            ),
             JsonRejection::BytesRejection(e) => Error::from_body_failure(e.status(), e.body_text()),
             other => Error::BadRequest(other.body_text()),
         }
@@ -191,12 +196,19 @@ impl Error {
 
 /// The one wording of a body over [`super::MAX_BODY_BYTES`].
 pub fn too_large_detail() -> String {
-    format!("the request body is larger than the {} KiB this API accepts", super::MAX_BODY_BYTES / 1024)
+    format!(
+        "the request body is larger than the {} KiB this API accepts",
+        super::MAX_BODY_BYTES / 1024
+    )
 }
 
 /// Lets a handler turn one named constraint into a 4xx and pass every other
 /// error through: `.map_err(|e| on_constraint(e, "payments_provider_reference_unique", |_| Error::Conflict(..)))`.
-pub fn on_constraint(error: sqlx::Error, name: &str, map: impl FnOnce(&dyn sqlx::error::DatabaseError) -> Error) -> Error {
+pub fn on_constraint(
+    error: sqlx::Error,
+    name: &str,
+    map: impl FnOnce(&dyn sqlx::error::DatabaseError) -> Error,
+) -> Error {
     match error.as_database_error() {
         Some(db) if db.constraint() == Some(name) => map(db),
         _ => Error::Database(error),

@@ -26,11 +26,16 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         let token = bearer_token(parts)?;
-        let claims = auth::verify(token, state.config.jwt_secret.expose()).map_err(|e| match e {
-            AuthError::Expired => Error::Unauthorized("the token has expired: get a new one".into()),
-            AuthError::Invalid => Error::Unauthorized("the token is invalid".into()),
-            AuthError::MissingPartner => Error::Unauthorized("a partner token must carry partner_id".into()),
-        })?;
+        let claims =
+            auth::verify(token, state.config.jwt_secret.expose()).map_err(|e| match e {
+                AuthError::Expired => {
+                    Error::Unauthorized("the token has expired: get a new one".into())
+                }
+                AuthError::Invalid => Error::Unauthorized("the token is invalid".into()),
+                AuthError::MissingPartner => {
+                    Error::Unauthorized("a partner token must carry partner_id".into())
+                }
+            })?;
         Ok(Caller(claims))
     }
 }
@@ -43,7 +48,10 @@ fn bearer_token(parts: &Parts) -> Result<&str> {
     value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Error::Unauthorized("the Authorization header must be: Bearer <jwt>".into()))
@@ -69,7 +77,9 @@ impl Caller {
         if self.0.may_see_partner(partner_id) {
             Ok(())
         } else {
-            Err(Error::Forbidden("a partner token may only read its own partner".into()))
+            Err(Error::Forbidden(
+                "a partner token may only read its own partner".into(),
+            ))
         }
     }
 }
@@ -111,7 +121,11 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for IdempotencyKey {
             .to_str()
             .ok()
             .filter(|k| (1..=255).contains(&k.len()))
-            .ok_or_else(|| Error::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into()))?;
+            .ok_or_else(|| {
+                Error::BadRequest(
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+                )
+            })?;
         Ok(Some(IdempotencyKey(key.to_owned())))
     }
 }

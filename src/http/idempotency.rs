@@ -38,21 +38,29 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
 
 async fn replay_or_record(state: AppState, request: Request, next: Next) -> Result<Response> {
     let (mut parts, body) = request.into_parts();
-    let Some(IdempotencyKey(key)) =
-        <IdempotencyKey as axum::extract::OptionalFromRequestParts<AppState>>::from_request_parts(&mut parts, &state).await?
+    let Some(IdempotencyKey(key)) = <IdempotencyKey as axum::extract::OptionalFromRequestParts<
+        AppState,
+    >>::from_request_parts(&mut parts, &state)
+    .await?
     else {
         return Ok(next.run(Request::from_parts(parts, body)).await);
     };
     let Some(caller) = admin_subject(&parts, &state) else {
         return Ok(next.run(Request::from_parts(parts, body)).await);
     };
-    let body = to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| Error::PayloadTooLarge(too_large_detail()))?;
+    let body = to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| Error::PayloadTooLarge(too_large_detail()))?;
     let hash = request_hash(parts.method.as_str(), parts.uri.path(), &body);
 
     let mut tx = state.db.begin().await?;
-    sqlx::query!("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))", caller, key)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
+        caller,
+        key
+    )
+    .execute(&mut *tx)
+    .await?;
     let stored = sqlx::query!(
         "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE caller = $1 AND key = $2",
         caller,
@@ -64,7 +72,8 @@ async fn replay_or_record(state: AppState, request: Request, next: Next) -> Resu
         tx.rollback().await?;
         if stored.request_hash != hash {
             return Err(Error::Unprocessable(
-                "this Idempotency-Key was already used with a different request: use a new key".into(),
+                "this Idempotency-Key was already used with a different request: use a new key"
+                    .into(),
             ));
         }
         return Ok(replay(stored.response_status, &stored.response_body));
@@ -75,7 +84,9 @@ async fn replay_or_record(state: AppState, request: Request, next: Next) -> Resu
         return Ok(response);
     }
     let (parts, body) = response.into_parts();
-    let bytes = to_bytes(body, usize::MAX).await.map_err(|e| Error::Internal(anyhow::anyhow!("response body: {e}")))?;
+    let bytes = to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| Error::Internal(anyhow::anyhow!("response body: {e}")))?;
     if let Ok(json) = serde_json::from_slice::<Value>(&bytes) {
         sqlx::query!(
             "INSERT INTO idempotency_keys (caller, key, request_hash, response_status, response_body)
@@ -95,7 +106,12 @@ async fn replay_or_record(state: AppState, request: Request, next: Next) -> Resu
 
 /// The `sub` of a valid admin token, if the request carries one.
 fn admin_subject(parts: &axum::http::request::Parts, state: &AppState) -> Option<String> {
-    let token = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?;
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?;
     let claims = auth::verify(token.trim(), state.config.jwt_secret.expose()).ok()?;
     claims.is_admin().then_some(claims.sub)
 }
@@ -103,7 +119,9 @@ fn admin_subject(parts: &axum::http::request::Parts, state: &AppState) -> Option
 /// SHA-256 of method, path and body. A JSON body is hashed in a canonical
 /// form (keys sorted, no spaces), so a retry that re-serialises it matches.
 fn request_hash(method: &str, path: &str, body: &[u8]) -> String {
-    let canonical = serde_json::from_slice::<Value>(body).ok().and_then(|v| serde_json::to_vec(&v).ok());
+    let canonical = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| serde_json::to_vec(&v).ok());
     let mut sha = Sha256::new();
     sha.update(method.as_bytes());
     sha.update(b"\n");
@@ -114,9 +132,21 @@ fn request_hash(method: &str, path: &str, body: &[u8]) -> String {
 }
 
 fn replay(status: i16, body: &Value) -> Response {
-    let status = axum::http::StatusCode::from_u16(status as u16).unwrap_or(axum::http::StatusCode::OK);
-    let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
-    let mut response = (status, [(header::CONTENT_TYPE, content_type)], body.to_string()).into_response();
-    response.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    let status =
+        axum::http::StatusCode::from_u16(status as u16).unwrap_or(axum::http::StatusCode::OK);
+    let content_type = if status.is_success() {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, content_type)],
+        body.to_string(),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     response
 }

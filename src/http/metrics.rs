@@ -34,24 +34,37 @@ pub fn handle() -> &'static PrometheusHandle {
 pub async fn render() -> impl IntoResponse {
     let handle = handle();
     handle.run_upkeep();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
 }
 
 /// Counts every request by method, route template (never the raw path, which
 /// holds ids) and status, and times it.
 pub async fn track(request: Request, next: Next) -> Response {
     let method = request.method().to_string();
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
-    let labels = [("method", method), ("route", route), ("status", response.status().as_u16().to_string())];
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
     ::metrics::counter!("http_requests_total", &labels).increment(1);
-    ::metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    ::metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
     response
 }
 
 pub fn webhook_outcome(provider: &'static str, outcome: &'static str) {
-    ::metrics::counter!("webhook_events_total", "provider" => provider, "outcome" => outcome).increment(1);
+    ::metrics::counter!("webhook_events_total", "provider" => provider, "outcome" => outcome)
+        .increment(1);
 }
 
 /// `kind` is `earned` or `reversed`.

@@ -62,7 +62,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/payments", post(payments::create))
         .route("/api/payments/{id}/verify", post(payments::verify))
         .route("/api/payments/{id}/refund", post(payments::refund))
-        .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::layer));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::layer,
+        ));
 
     Router::new()
         .merge(admin_posts)
@@ -123,5 +126,10 @@ async fn method_not_allowed() -> Response {
         status: 405,
         detail: Some("this endpoint does not take that method".into()),
     };
-    (StatusCode::METHOD_NOT_ALLOWED, [(header::CONTENT_TYPE, "application/problem+json")], axum::Json(problem)).into_response()
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        axum::Json(problem),
+    )
+        .into_response()
 }

@@ -50,12 +50,18 @@ impl FromStr for Amount {
         const SHAPE: &str = "amount must be a positive decimal string such as \"100.00\" (digits and at most one point)";
         let (whole, fraction) = s.split_once('.').unwrap_or((s, ""));
         let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty() || !digits(whole) || !digits(fraction) || (s.contains('.') && fraction.is_empty()) {
+        if whole.is_empty()
+            || !digits(whole)
+            || !digits(fraction)
+            || (s.contains('.') && fraction.is_empty())
+        {
             return Err(AmountError(SHAPE));
         }
         // numeric(20, 4) holds 16 whole digits.
         if whole.trim_start_matches('0').len() > 16 || fraction.len() > 4 {
-            return Err(AmountError("amount is out of range: at most 16 whole digits and 4 decimals"));
+            return Err(AmountError(
+                "amount is out of range: at most 16 whole digits and 4 decimals",
+            ));
         }
         let value = Decimal::from_str(s).map_err(|_| AmountError(SHAPE))?;
         if value.is_zero() {
@@ -92,12 +98,17 @@ impl<'de> Deserialize<'de> for Rate {
         impl de::Visitor<'_> for Visitor {
             type Value = Rate;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a decimal string from \"0\" to \"1\" such as \"0.025\" (not a JSON number)")
+                f.write_str(
+                    "a decimal string from \"0\" to \"1\" such as \"0.025\" (not a JSON number)",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Rate, E> {
                 const BAD: &str = "commission_rate must be a decimal string from \"0\" to \"1\" with at most 6 decimals";
                 let plain = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-                let value = Decimal::from_str(v).ok().filter(|_| plain).ok_or_else(|| E::custom(BAD))?;
+                let value = Decimal::from_str(v)
+                    .ok()
+                    .filter(|_| plain)
+                    .ok_or_else(|| E::custom(BAD))?;
                 if value > Decimal::ONE || value.scale() > 6 {
                     return Err(E::custom(BAD));
                 }
@@ -126,7 +137,11 @@ pub async fn minor_units(db: impl sqlx::PgExecutor<'_>, currency: &str) -> Resul
     sqlx::query_scalar!("SELECT minor_units FROM currencies WHERE code = $1", code)
         .fetch_optional(db)
         .await?
-        .ok_or_else(|| Error::Unprocessable(format!("unknown currency {code:?}: not an ISO 4217 code this service accepts")))
+        .ok_or_else(|| {
+            Error::Unprocessable(format!(
+                "unknown currency {code:?}: not an ISO 4217 code this service accepts"
+            ))
+        })
 }
 
 /// A provider's integer amount in minor units (kobo, cents) as a decimal in
@@ -144,7 +159,20 @@ mod tests {
         for good in ["100.00", "1", "0.5", "0001.2500"] {
             assert!(good.parse::<Amount>().is_ok(), "{good}");
         }
-        for bad in ["", "-1", "+1", "1e3", "1.", ".5", "0", "0.00", "1,00", " 1", "NaN", "12345678901234567"] {
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            "1e3",
+            "1.",
+            ".5",
+            "0",
+            "0.00",
+            "1,00",
+            " 1",
+            "NaN",
+            "12345678901234567",
+        ] {
             assert!(bad.parse::<Amount>().is_err(), "{bad}");
         }
     }
@@ -155,7 +183,10 @@ mod tests {
         assert!(amount.for_currency("NGN", 2).is_err());
         assert!(amount.for_currency("KWD", 3).is_ok());
         let yen: Amount = "25.0".parse().unwrap();
-        assert!(yen.for_currency("JPY", 0).is_err(), "a trailing zero is still a decimal JPY does not have");
+        assert!(
+            yen.for_currency("JPY", 0).is_err(),
+            "a trailing zero is still a decimal JPY does not have"
+        );
     }
 
     #[test]

@@ -60,7 +60,11 @@ fn scope(caller: &Caller, requested: Option<i64>) -> Result<Option<i64>> {
               (status = 403, body = super::error::Problem), (status = 422, body = super::error::Problem)),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.claims().sub))]
-pub async fn list(State(state): State<AppState>, caller: Caller, Query(query): Query<ListQuery>) -> Result<Json<NotificationPage>> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<NotificationPage>> {
     let partner_id = scope(&caller, query.partner_id)?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=100).contains(&limit) {
@@ -97,7 +101,11 @@ pub async fn list(State(state): State<AppState>, caller: Caller, Query(query): Q
               (status = 404, body = super::error::Problem, description = "No such notification of the caller's")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.claims().sub, notification_id = id))]
-pub async fn mark_read(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>) -> Result<Json<Notification>> {
+pub async fn mark_read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Notification>> {
     // Another partner's notification is "not found": its existence is not ours to tell.
     let partner_id = scope(&caller, None)?;
     sqlx::query_as!(

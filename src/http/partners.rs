@@ -65,7 +65,9 @@ fn check_name(name: &str) -> Result<()> {
     if (1..=200).contains(&name.trim().chars().count()) {
         Ok(())
     } else {
-        Err(Error::Unprocessable("name must have 1 to 200 characters, not only spaces".into()))
+        Err(Error::Unprocessable(
+            "name must have 1 to 200 characters, not only spaces".into(),
+        ))
     }
 }
 
@@ -103,7 +105,11 @@ async fn fetch_partner(db: &sqlx::PgPool, id: i64) -> Result<Partner> {
               (status = 422, body = super::error::Problem)),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.claims().sub))]
-pub async fn create(State(state): State<AppState>, caller: Caller, Json(new): Json<NewPartner>) -> Result<(StatusCode, Json<Partner>)> {
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(new): Json<NewPartner>,
+) -> Result<(StatusCode, Json<Partner>)> {
     caller.require_admin()?;
     check_name(&new.name)?;
     let id = sqlx::query_scalar!(
@@ -114,7 +120,10 @@ pub async fn create(State(state): State<AppState>, caller: Caller, Json(new): Js
     .fetch_one(&state.db)
     .await
     .map_err(rate_violation)?;
-    Ok((StatusCode::CREATED, Json(fetch_partner(&state.db, id).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(fetch_partner(&state.db, id).await?),
+    ))
 }
 
 /// A partner with its totals per currency and its latest event seq.
@@ -123,7 +132,11 @@ pub async fn create(State(state): State<AppState>, caller: Caller, Json(new): Js
               (status = 404, body = super::error::Problem)),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.claims().sub, partner_id = id))]
-pub async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>) -> Result<Json<Partner>> {
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Partner>> {
     caller.require_partner_access(id)?;
     Ok(Json(fetch_partner(&state.db, id).await?))
 }
@@ -180,7 +193,9 @@ fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64> {
     if (1..=max).contains(&limit) {
         Ok(limit)
     } else {
-        Err(Error::Unprocessable(format!("limit must be from 1 to {max}")))
+        Err(Error::Unprocessable(format!(
+            "limit must be from 1 to {max}"
+        )))
     }
 }
 
@@ -199,10 +214,16 @@ pub async fn commissions(
     caller.require_partner_access(id)?;
     let limit = page_limit(page.limit, 50, 100)?;
     if page.cursor.is_some_and(|c| c < 1) {
-        return Err(Error::Unprocessable("cursor must be a positive id from next_cursor".into()));
+        return Err(Error::Unprocessable(
+            "cursor must be a positive id from next_cursor".into(),
+        ));
     }
     require_partner(&state, id).await?;
-    let filter = commissions::Filter { partner_id: Some(id), before: page.cursor, ..Default::default() };
+    let filter = commissions::Filter {
+        partner_id: Some(id),
+        before: page.cursor,
+        ..Default::default()
+    };
     // One extra row says whether another page follows.
     let mut items = commissions::list(&state.db, filter, limit + 1).await?;
     let next_cursor = if items.len() as i64 > limit {
@@ -249,12 +270,17 @@ pub async fn events(
     let limit = page_limit(query.limit, 100, 1000)?;
     let since = query.since.unwrap_or(0);
     if since < 0 {
-        return Err(Error::Unprocessable("since must be a seq, 0 or more".into()));
+        return Err(Error::Unprocessable(
+            "since must be a seq, 0 or more".into(),
+        ));
     }
     let log = EventLog::new(state.db.clone());
     // Read the head first: every event up to it is committed, so a client
     // that pages until last_seq misses nothing.
-    let last_seq = log.partner_last_seq(id).await?.ok_or_else(|| Error::NotFound(format!("partner {id} does not exist")))?;
+    let last_seq = log
+        .partner_last_seq(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("partner {id} does not exist")))?;
     let events = log
         .partner_since(id, since, limit)
         .await?
@@ -262,13 +288,20 @@ pub async fn events(
         .map(|e| RawValue::from_string(e.json))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Internal(e.into()))?;
-    Ok(Json(EventPage { partner_id: id, last_seq, events }))
+    Ok(Json(EventPage {
+        partner_id: id,
+        last_seq,
+        events,
+    }))
 }
 
 async fn require_partner(state: &AppState, id: i64) -> Result<()> {
-    let exists = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM partners WHERE id = $1) AS "exists!""#, id)
-        .fetch_one(&state.db)
-        .await?;
+    let exists = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM partners WHERE id = $1) AS "exists!""#,
+        id
+    )
+    .fetch_one(&state.db)
+    .await?;
     if exists {
         Ok(())
     } else {

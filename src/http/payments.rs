@@ -72,12 +72,22 @@ pub struct NewPayment {
               (status = 413, body = super::error::Problem), (status = 422, body = super::error::Problem)),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.claims().sub))]
-pub async fn create(State(state): State<AppState>, caller: Caller, Json(new): Json<NewPayment>) -> Result<(StatusCode, Json<Payment>)> {
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(new): Json<NewPayment>,
+) -> Result<(StatusCode, Json<Payment>)> {
     caller.require_admin()?;
     let minor_units = money::minor_units(&state.db, &new.currency).await?;
     let amount = new.amount.for_currency(&new.currency, minor_units)?;
-    if new.reference.as_deref().is_some_and(|r| !(1..=200).contains(&r.trim().chars().count())) {
-        return Err(Error::Unprocessable("reference must have 1 to 200 characters".into()));
+    if new
+        .reference
+        .as_deref()
+        .is_some_and(|r| !(1..=200).contains(&r.trim().chars().count()))
+    {
+        return Err(Error::Unprocessable(
+            "reference must have 1 to 200 characters".into(),
+        ));
     }
     let id = sqlx::query_scalar!(
         "INSERT INTO payments (amount, currency, partner_id, provider, provider_reference)
@@ -89,14 +99,17 @@ pub async fn create(State(state): State<AppState>, caller: Caller, Json(new): Js
     )
     .fetch_one(&state.db)
     .await
-    .map_err(|e| match e.as_database_error().and_then(|d| d.constraint()) {
-        Some("payments_partner_id_fkey") => {
-            Error::Unprocessable(format!("partner {} does not exist", new.partner_id.unwrap_or_default()))
-        }
-        _ => on_constraint(e, "payments_provider_reference_unique", |_| {
-            Error::Conflict("a manual payment with this reference already exists".into())
-        }),
-    })?;
+    .map_err(
+        |e| match e.as_database_error().and_then(|d| d.constraint()) {
+            Some("payments_partner_id_fkey") => Error::Unprocessable(format!(
+                "partner {} does not exist",
+                new.partner_id.unwrap_or_default()
+            )),
+            _ => on_constraint(e, "payments_provider_reference_unique", |_| {
+                Error::Conflict("a manual payment with this reference already exists".into())
+            }),
+        },
+    )?;
     Ok((StatusCode::CREATED, Json(fetch(&state.db, id).await?)))
 }
 
@@ -121,17 +134,17 @@ pub struct Refunded {
               (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem, description = "Not pending")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.claims().sub, payment_id = id))]
-pub async fn verify(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>) -> Result<Json<Verified>> {
+pub async fn verify(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Verified>> {
     caller.require_admin()?;
-    let mut tx = state.db.begin().await?;
-    sqlx::query_scalar!(r#"SELECT id AS "id!" FROM verify_payment($1)"#, id).fetch_one(&mut *tx).await?;
-    let commission = commissions::for_payment(&mut *tx, id, "earned").await?;
-    let payment = fetch(&mut *tx, id).await?;
-    tx.commit().await?;
-    if commission.is_some() {
-        metrics::commission_written("earned");
-    }
-    Ok(Json(Verified { payment, commission }))
+    let (payment, commission) = change_status(&state, id, Transition::Verify).await?;
+    Ok(Json(Verified {
+        payment,
+        commission,
+    }))
 }
 
 /// Refund a verified payment: the engine reverses its commission.
@@ -141,15 +154,49 @@ pub async fn verify(State(state): State<AppState>, caller: Caller, Path(id): Pat
               (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem, description = "Not verified")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.claims().sub, payment_id = id))]
-pub async fn refund(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>) -> Result<Json<Refunded>> {
+pub async fn refund(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Refunded>> {
     caller.require_admin()?;
+    let (payment, reversal) = change_status(&state, id, Transition::Refund).await?;
+    Ok(Json(Refunded { payment, reversal }))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Transition {
+    Verify,
+    Refund,
+}
+
+/// Moves the payment through the engine's SQL function and reads back, in
+/// the same transaction, the ledger entry the engine wrote for it (if any).
+async fn change_status(
+    state: &AppState,
+    id: i64,
+    transition: Transition,
+) -> Result<(Payment, Option<Commission>)> {
     let mut tx = state.db.begin().await?;
-    sqlx::query_scalar!(r#"SELECT id AS "id!" FROM refund_payment($1)"#, id).fetch_one(&mut *tx).await?;
-    let reversal = commissions::for_payment(&mut *tx, id, "reversed").await?;
+    let kind = match transition {
+        Transition::Verify => {
+            sqlx::query_scalar!(r#"SELECT id AS "id!" FROM verify_payment($1)"#, id)
+                .fetch_one(&mut *tx)
+                .await?;
+            "earned"
+        }
+        Transition::Refund => {
+            sqlx::query_scalar!(r#"SELECT id AS "id!" FROM refund_payment($1)"#, id)
+                .fetch_one(&mut *tx)
+                .await?;
+            "reversed"
+        }
+    };
+    let entry = commissions::for_payment(&mut *tx, id, kind).await?;
     let payment = fetch(&mut *tx, id).await?;
     tx.commit().await?;
-    if reversal.is_some() {
-        metrics::commission_written("reversed");
+    if entry.is_some() {
+        metrics::commission_written(kind);
     }
-    Ok(Json(Refunded { payment, reversal }))
+    Ok((payment, entry))
 }

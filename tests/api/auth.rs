@@ -19,21 +19,53 @@ async fn a_missing_malformed_forged_or_expired_token_is_401() {
     let response = app.http.get(app.url(&path)).send().await.unwrap();
     problem(response, 401, "unauthorized").await;
 
-    let response = app.http.get(app.url(&path)).header("Authorization", "Token abc").send().await.unwrap();
+    let response = app
+        .http
+        .get(app.url(&path))
+        .header("Authorization", "Token abc")
+        .send()
+        .await
+        .unwrap();
     problem(response, 401, "unauthorized").await;
 
     let forged = auth::mint(
-        &Claims { sub: "x".into(), role: Role::Admin, partner_id: None, exp: now() + 600 },
+        &Claims {
+            sub: "x".into(),
+            role: Role::Admin,
+            partner_id: None,
+            exp: now() + 600,
+        },
         "another-secret-of-sufficient-length",
     );
     problem(app.get_as(&forged, &path).await, 401, "unauthorized").await;
 
-    let expired = auth::mint(&Claims { sub: "x".into(), role: Role::Admin, partner_id: None, exp: now() - 10 }, JWT_SECRET);
+    let expired = auth::mint(
+        &Claims {
+            sub: "x".into(),
+            role: Role::Admin,
+            partner_id: None,
+            exp: now() - 10,
+        },
+        JWT_SECRET,
+    );
     let body = problem(app.get_as(&expired, &path).await, 401, "unauthorized").await;
     assert!(body["detail"].as_str().unwrap().contains("expired"));
 
-    let partner_without_id = auth::mint(&Claims { sub: "x".into(), role: Role::Partner, partner_id: None, exp: now() + 600 }, JWT_SECRET);
-    problem(app.get_as(&partner_without_id, &path).await, 401, "unauthorized").await;
+    let partner_without_id = auth::mint(
+        &Claims {
+            sub: "x".into(),
+            role: Role::Partner,
+            partner_id: None,
+            exp: now() + 600,
+        },
+        JWT_SECRET,
+    );
+    problem(
+        app.get_as(&partner_without_id, &path).await,
+        401,
+        "unauthorized",
+    )
+    .await;
 
     problem(app.get_as("not.a.jwt", &path).await, 401, "unauthorized").await;
 }
@@ -53,9 +85,20 @@ async fn a_partner_reading_another_partner_gets_403_that_leaks_nothing() {
     ] {
         let existing = problem(app.get_as(&token, &path).await, 403, "forbidden").await;
         let text = existing.to_string();
-        assert!(!text.contains("Rival") && !text.contains("0.123") && !text.contains(&theirs.to_string()), "{text}");
+        assert!(
+            !text.contains("Rival")
+                && !text.contains("0.123")
+                && !text.contains(&theirs.to_string()),
+            "{text}"
+        );
         // A partner id that does not exist gets the very same answer.
-        let missing = problem(app.get_as(&token, &path.replace(&theirs.to_string(), "999999")).await, 403, "forbidden").await;
+        let missing = problem(
+            app.get_as(&token, &path.replace(&theirs.to_string(), "999999"))
+                .await,
+            403,
+            "forbidden",
+        )
+        .await;
         assert_eq!(existing, missing, "{path}: existence must not be revealed");
     }
 
@@ -70,30 +113,82 @@ async fn a_partner_token_cannot_use_admin_endpoints() {
     let partner = create_partner(&app.db.pool, "Acme", None).await;
     let token = partner_token(partner);
 
-    problem(app.post_as(&token, "/api/partners", &json!({"name": "Mine"})).await, 403, "forbidden").await;
+    problem(
+        app.post_as(&token, "/api/partners", &json!({"name": "Mine"}))
+            .await,
+        403,
+        "forbidden",
+    )
+    .await;
     let payment = json!({"amount": "100.00", "currency": "NGN", "partner_id": partner});
-    problem(app.post_as(&token, "/api/payments", &payment).await, 403, "forbidden").await;
+    problem(
+        app.post_as(&token, "/api/payments", &payment).await,
+        403,
+        "forbidden",
+    )
+    .await;
     let id = crate::helpers::create_payment(&app.db.pool, "100.00", "NGN", Some(partner)).await;
-    problem(app.post_as(&token, &format!("/api/payments/{id}/verify"), &json!({})).await, 403, "forbidden").await;
-    let patch = app.http.patch(app.url(&format!("/api/partners/{partner}"))).bearer_auth(&token).json(&json!({"commission_rate": "1"})).send().await.unwrap();
+    problem(
+        app.post_as(&token, &format!("/api/payments/{id}/verify"), &json!({}))
+            .await,
+        403,
+        "forbidden",
+    )
+    .await;
+    let patch = app
+        .http
+        .patch(app.url(&format!("/api/partners/{partner}")))
+        .bearer_auth(&token)
+        .json(&json!({"commission_rate": "1"}))
+        .send()
+        .await
+        .unwrap();
     problem(patch, 403, "forbidden").await;
 
-    assert_eq!(app.count("SELECT count(*) FROM partners").await, 1, "nothing created");
-    assert_eq!(app.count("SELECT count(*) FROM payments WHERE status = 'pending'").await, 1, "nothing verified");
-    assert_eq!(app.count("SELECT count(*) FROM partners WHERE commission_rate = 0.02").await, 1, "rate unchanged");
+    assert_eq!(
+        app.count("SELECT count(*) FROM partners").await,
+        1,
+        "nothing created"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM payments WHERE status = 'pending'")
+            .await,
+        1,
+        "nothing verified"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM partners WHERE commission_rate = 0.02")
+            .await,
+        1,
+        "rate unchanged"
+    );
     // An admin token passes the same checks.
-    let ok = app.post_as(&admin_token(), "/api/partners", &json!({"name": "Theirs"})).await;
+    let ok = app
+        .post_as(&admin_token(), "/api/partners", &json!({"name": "Theirs"}))
+        .await;
     assert_eq!(ok.status(), 201);
 }
 
 #[test]
 fn the_token_command_mints_a_token_the_server_accepts() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_commissions"))
-        .args(["token", "--role", "partner", "--partner-id", "7", "--ttl", "120"])
+        .args([
+            "token",
+            "--role",
+            "partner",
+            "--partner-id",
+            "7",
+            "--ttl",
+            "120",
+        ])
         .env("JWT_SECRET", JWT_SECRET)
         .output()
         .expect("run commissions token");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let token = String::from_utf8(output.stdout).unwrap();
     let claims = auth::verify(token.trim(), JWT_SECRET).expect("a valid token");
     assert_eq!(claims.role, Role::Partner);
@@ -105,5 +200,8 @@ fn the_token_command_mints_a_token_the_server_accepts() {
         .env("JWT_SECRET", JWT_SECRET)
         .output()
         .unwrap();
-    assert!(!refused.status.success(), "a partner token without --partner-id is refused");
+    assert!(
+        !refused.status.success(),
+        "a partner token without --partner-id is refused"
+    );
 }

@@ -22,10 +22,19 @@ async fn record_verify_and_refund_a_payment() {
     assert_eq!(payment["currency"], "NGN");
     assert_eq!(payment["provider"], "manual");
     assert_eq!(payment["reference"], "order-1");
-    assert_eq!(app.count("SELECT count(*) FROM commissions").await, 0, "recording earns nothing");
+    assert_eq!(
+        app.count("SELECT count(*) FROM commissions").await,
+        0,
+        "recording earns nothing"
+    );
     let id = payment["id"].as_i64().unwrap();
 
-    let verified = json(app.post_as(&admin, &format!("/api/payments/{id}/verify"), &json!({})).await, 200).await;
+    let verified = json(
+        app.post_as(&admin, &format!("/api/payments/{id}/verify"), &json!({}))
+            .await,
+        200,
+    )
+    .await;
     assert_eq!(verified["payment"]["status"], "verified");
     assert!(verified["payment"]["verified_at"].is_string());
     assert_eq!(verified["commission"]["kind"], "earned");
@@ -34,18 +43,49 @@ async fn record_verify_and_refund_a_payment() {
     assert_eq!(verified["commission"]["payment_amount"], "100.00");
     assert_eq!(verified["commission"]["partner_id"], partner);
 
-    let again = problem(app.post_as(&admin, &format!("/api/payments/{id}/verify"), &json!({})).await, 409, "conflict").await;
-    assert!(again["detail"].as_str().unwrap().contains("already verified"), "{again}");
+    let again = problem(
+        app.post_as(&admin, &format!("/api/payments/{id}/verify"), &json!({}))
+            .await,
+        409,
+        "conflict",
+    )
+    .await;
+    assert!(
+        again["detail"]
+            .as_str()
+            .unwrap()
+            .contains("already verified"),
+        "{again}"
+    );
     assert_eq!(app.count("SELECT count(*) FROM commissions").await, 1);
 
-    let refunded = json(app.post_as(&admin, &format!("/api/payments/{id}/refund"), &json!({})).await, 200).await;
+    let refunded = json(
+        app.post_as(&admin, &format!("/api/payments/{id}/refund"), &json!({}))
+            .await,
+        200,
+    )
+    .await;
     assert_eq!(refunded["payment"]["status"], "refunded");
     assert_eq!(refunded["reversal"]["kind"], "reversed");
     assert_eq!(refunded["reversal"]["amount"], "2.00");
-    problem(app.post_as(&admin, &format!("/api/payments/{id}/refund"), &json!({})).await, 409, "conflict").await;
+    problem(
+        app.post_as(&admin, &format!("/api/payments/{id}/refund"), &json!({}))
+            .await,
+        409,
+        "conflict",
+    )
+    .await;
 
-    let partner_view = json(app.get_as(&admin, &format!("/api/partners/{partner}")).await, 200).await;
-    assert_eq!(partner_view["totals"]["NGN"], json!({"earned": "2.00", "pending": "0.00", "paid": "0.00", "reversed": "2.00"}));
+    let partner_view = json(
+        app.get_as(&admin, &format!("/api/partners/{partner}"))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(
+        partner_view["totals"]["NGN"],
+        json!({"earned": "2.00", "pending": "0.00", "paid": "0.00", "reversed": "2.00"})
+    );
     assert_eq!(partner_view["last_seq"], 2);
 }
 
@@ -53,13 +93,32 @@ async fn record_verify_and_refund_a_payment() {
 async fn a_payment_without_partner_verifies_with_no_commission() {
     let app = spawn_app().await;
     let admin = admin_token();
-    let created = json(app.post_as(&admin, "/api/payments", &json!({"amount": "25", "currency": "JPY"})).await, 201).await;
+    let created = json(
+        app.post_as(
+            &admin,
+            "/api/payments",
+            &json!({"amount": "25", "currency": "JPY"}),
+        )
+        .await,
+        201,
+    )
+    .await;
     assert_eq!(created["amount"], "25");
     let id = created["id"].as_i64().unwrap();
-    let verified = json(app.post_as(&admin, &format!("/api/payments/{id}/verify"), &json!({})).await, 200).await;
+    let verified = json(
+        app.post_as(&admin, &format!("/api/payments/{id}/verify"), &json!({}))
+            .await,
+        200,
+    )
+    .await;
     assert_eq!(verified["commission"], Value::Null);
     // Refunding earns no reversal either.
-    let refunded = json(app.post_as(&admin, &format!("/api/payments/{id}/refund"), &json!({})).await, 200).await;
+    let refunded = json(
+        app.post_as(&admin, &format!("/api/payments/{id}/refund"), &json!({}))
+            .await,
+        200,
+    )
+    .await;
     assert_eq!(refunded["reversal"], Value::Null);
 }
 
@@ -68,12 +127,49 @@ async fn illegal_transitions_unknown_and_malformed_ids() {
     let app = spawn_app().await;
     let admin = admin_token();
     let pending = create_payment(&app.db.pool, "10.00", "NGN", None).await;
-    let body = problem(app.post_as(&admin, &format!("/api/payments/{pending}/refund"), &json!({})).await, 409, "conflict").await;
-    assert!(body["detail"].as_str().unwrap().contains("pending -> refunded"), "{body}");
-    problem(app.post_as(&admin, "/api/payments/424242/verify", &json!({})).await, 404, "not-found").await;
-    problem(app.post_as(&admin, "/api/payments/abc/verify", &json!({})).await, 400, "bad-request").await;
-    problem(app.get_as(&admin, "/api/nothing-here").await, 404, "not-found").await;
-    assert_eq!(app.count("SELECT count(*) FROM payments WHERE status = 'pending'").await, 1);
+    let body = problem(
+        app.post_as(
+            &admin,
+            &format!("/api/payments/{pending}/refund"),
+            &json!({}),
+        )
+        .await,
+        409,
+        "conflict",
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("pending -> refunded"),
+        "{body}"
+    );
+    problem(
+        app.post_as(&admin, "/api/payments/424242/verify", &json!({}))
+            .await,
+        404,
+        "not-found",
+    )
+    .await;
+    problem(
+        app.post_as(&admin, "/api/payments/abc/verify", &json!({}))
+            .await,
+        400,
+        "bad-request",
+    )
+    .await;
+    problem(
+        app.get_as(&admin, "/api/nothing-here").await,
+        404,
+        "not-found",
+    )
+    .await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM payments WHERE status = 'pending'")
+            .await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -83,25 +179,69 @@ async fn bad_amounts_currencies_and_bodies_are_refused_and_write_nothing() {
     let partner = create_partner(&app.db.pool, "Acme", None).await;
 
     let cases = [
-        (json!({"amount": 0.1, "currency": "NGN"}), "not a JSON number"),
-        (json!({"amount": 1000, "currency": "NGN"}), "not a JSON number"),
-        (json!({"amount": "1e3", "currency": "NGN"}), "decimal string"),
-        (json!({"amount": "-5.00", "currency": "NGN"}), "decimal string"),
-        (json!({"amount": "0.00", "currency": "NGN"}), "greater than zero"),
-        (json!({"amount": "1.005", "currency": "NGN"}), "more decimals than NGN"),
-        (json!({"amount": "10.5", "currency": "JPY"}), "more decimals than JPY"),
-        (json!({"amount": "10.00", "currency": "XYZ"}), "unknown currency"),
-        (json!({"amount": "10.00", "currency": "ngn"}), "three capital letters"),
+        (
+            json!({"amount": 0.1, "currency": "NGN"}),
+            "not a JSON number",
+        ),
+        (
+            json!({"amount": 1000, "currency": "NGN"}),
+            "not a JSON number",
+        ),
+        (
+            json!({"amount": "1e3", "currency": "NGN"}),
+            "decimal string",
+        ),
+        (
+            json!({"amount": "-5.00", "currency": "NGN"}),
+            "decimal string",
+        ),
+        (
+            json!({"amount": "0.00", "currency": "NGN"}),
+            "greater than zero",
+        ),
+        (
+            json!({"amount": "1.005", "currency": "NGN"}),
+            "more decimals than NGN",
+        ),
+        (
+            json!({"amount": "10.5", "currency": "JPY"}),
+            "more decimals than JPY",
+        ),
+        (
+            json!({"amount": "10.00", "currency": "XYZ"}),
+            "unknown currency",
+        ),
+        (
+            json!({"amount": "10.00", "currency": "ngn"}),
+            "three capital letters",
+        ),
         (json!({"amount": "10.00"}), "currency"),
         (json!({"currency": "NGN"}), "amount"),
-        (json!({"amount": "10.00", "currency": "NGN", "partner_id": "7"}), "partner_id"),
-        (json!({"amount": "10.00", "currency": "NGN", "partner_id": 999}), "partner 999 does not exist"),
-        (json!({"amount": "10.00", "currency": "NGN", "surprise": true}), "unknown field"),
+        (
+            json!({"amount": "10.00", "currency": "NGN", "partner_id": "7"}),
+            "partner_id",
+        ),
+        (
+            json!({"amount": "10.00", "currency": "NGN", "partner_id": 999}),
+            "partner 999 does not exist",
+        ),
+        (
+            json!({"amount": "10.00", "currency": "NGN", "surprise": true}),
+            "unknown field",
+        ),
     ];
     for (body, expected) in cases {
-        let problem = problem(app.post_as(&admin, "/api/payments", &body).await, 422, "invalid-input").await;
+        let problem = problem(
+            app.post_as(&admin, "/api/payments", &body).await,
+            422,
+            "invalid-input",
+        )
+        .await;
         let detail = problem["detail"].as_str().unwrap();
-        assert!(detail.contains(expected), "{body}: {detail:?} should mention {expected:?}");
+        assert!(
+            detail.contains(expected),
+            "{body}: {detail:?} should mention {expected:?}"
+        );
     }
 
     let malformed = app
@@ -115,10 +255,20 @@ async fn bad_amounts_currencies_and_bodies_are_refused_and_write_nothing() {
         .unwrap();
     problem(malformed, 400, "bad-request").await;
 
-    let not_json = app.http.post(app.url("/api/payments")).bearer_auth(&admin).body("amount=10").send().await.unwrap();
+    let not_json = app
+        .http
+        .post(app.url("/api/payments"))
+        .bearer_auth(&admin)
+        .body("amount=10")
+        .send()
+        .await
+        .unwrap();
     problem(not_json, 415, "unsupported-media-type").await;
 
-    let huge = format!(r#"{{"amount": "10.00", "currency": "NGN", "reference": "{}"}}"#, "x".repeat(10 * 1024 * 1024));
+    let huge = format!(
+        r#"{{"amount": "10.00", "currency": "NGN", "reference": "{}"}}"#,
+        "x".repeat(10 * 1024 * 1024)
+    );
     let too_large = app
         .http
         .post(app.url("/api/payments"))
@@ -130,7 +280,11 @@ async fn bad_amounts_currencies_and_bodies_are_refused_and_write_nothing() {
         .unwrap();
     problem(too_large, 413, "payload-too-large").await;
 
-    assert_eq!(app.count("SELECT count(*) FROM payments").await, 0, "nothing written");
+    assert_eq!(
+        app.count("SELECT count(*) FROM payments").await,
+        0,
+        "nothing written"
+    );
     let _ = partner;
 }
 
@@ -140,7 +294,12 @@ async fn a_duplicate_reference_is_a_conflict() {
     let admin = admin_token();
     let body = json!({"amount": "10.00", "currency": "NGN", "reference": "inv-9"});
     json(app.post_as(&admin, "/api/payments", &body).await, 201).await;
-    problem(app.post_as(&admin, "/api/payments", &body).await, 409, "conflict").await;
+    problem(
+        app.post_as(&admin, "/api/payments", &body).await,
+        409,
+        "conflict",
+    )
+    .await;
     assert_eq!(app.count("SELECT count(*) FROM payments").await, 1);
 }
 
@@ -151,7 +310,12 @@ async fn an_idempotency_key_replays_the_first_response() {
     let partner = create_partner(&app.db.pool, "Acme", None).await;
     let body = json!({"amount": "50.00", "currency": "NGN", "partner_id": partner});
     let send = |key: &'static str, body: Value, path: String| {
-        let request = app.http.post(app.url(&path)).bearer_auth(&admin).header("Idempotency-Key", key).json(&body);
+        let request = app
+            .http
+            .post(app.url(&path))
+            .bearer_auth(&admin)
+            .header("Idempotency-Key", key)
+            .json(&body);
         async move { request.send().await.unwrap() }
     };
 
@@ -160,8 +324,16 @@ async fn an_idempotency_key_replays_the_first_response() {
     let first = json(first, 201).await;
     let retry = send("k-1", body.clone(), "/api/payments".into()).await;
     assert_eq!(retry.headers().get("idempotent-replayed").unwrap(), "true");
-    assert_eq!(json(retry, 201).await, first, "the stored response, byte for byte in meaning");
-    assert_eq!(app.count("SELECT count(*) FROM payments").await, 1, "one payment for two sends");
+    assert_eq!(
+        json(retry, 201).await,
+        first,
+        "the stored response, byte for byte in meaning"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM payments").await,
+        1,
+        "one payment for two sends"
+    );
 
     // Keys are compared on the JSON, not its spelling.
     let respelled = app
@@ -170,15 +342,25 @@ async fn an_idempotency_key_replays_the_first_response() {
         .bearer_auth(&admin)
         .header("Idempotency-Key", "k-1")
         .header("Content-Type", "application/json")
-        .body(format!(r#"{{ "partner_id": {partner}, "currency": "NGN", "amount": "50.00" }}"#))
+        .body(format!(
+            r#"{{ "partner_id": {partner}, "currency": "NGN", "amount": "50.00" }}"#
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(json(respelled, 201).await, first);
 
-    let other = send("k-1", json!({"amount": "60.00", "currency": "NGN"}), "/api/payments".into()).await;
+    let other = send(
+        "k-1",
+        json!({"amount": "60.00", "currency": "NGN"}),
+        "/api/payments".into(),
+    )
+    .await;
     let detail = problem(other, 422, "invalid-input").await;
-    assert!(detail["detail"].as_str().unwrap().contains("Idempotency-Key"));
+    assert!(detail["detail"]
+        .as_str()
+        .unwrap()
+        .contains("Idempotency-Key"));
     assert_eq!(app.count("SELECT count(*) FROM payments").await, 1);
 
     // A retried verify replays its 200 instead of a 409, and earns once.
@@ -199,6 +381,14 @@ async fn an_idempotency_key_replays_the_first_response() {
         },
         crate::helpers::JWT_SECRET,
     );
-    let theirs = app.http.post(app.url(&verify)).bearer_auth(other_admin).header("Idempotency-Key", "v-1").json(&json!({})).send().await.unwrap();
+    let theirs = app
+        .http
+        .post(app.url(&verify))
+        .bearer_auth(other_admin)
+        .header("Idempotency-Key", "v-1")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     problem(theirs, 409, "conflict").await;
 }

@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::{
-    callers::{admin_token, json},
+    callers::json,
     helpers::{create_partner, create_payment, spawn_app},
 };
 
@@ -12,22 +12,42 @@ async fn metrics_count_requests_webhook_outcomes_and_commissions() {
     let app = spawn_app().await;
     let partner = create_partner(&app.db.pool, "Acme", None).await;
     let payment = create_payment(&app.db.pool, "100.00", "NGN", Some(partner)).await;
-    json(app.post_as(&admin_token(), &format!("/api/payments/{payment}/verify"), &json!({})).await, 200).await;
-    let event = json!({"id": "evt_m", "type": "customer.created", "data": {"object": {}}}).to_string();
+    app.verify(payment).await;
+    let event =
+        json!({"id": "evt_m", "type": "customer.created", "data": {"object": {}}}).to_string();
     json(app.stripe(&event).await, 200).await;
 
     let response = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
-    assert!(text.contains(r#"http_requests_total{method="POST",route="/api/payments/{id}/verify",status="200"}"#), "{text}");
-    assert!(text.contains(r#"webhook_events_total{provider="stripe",outcome="ignored"}"#), "{text}");
-    assert!(text.contains(r#"commissions_total{kind="earned"}"#), "{text}");
+    assert!(
+        text.contains(
+            r#"http_requests_total{method="POST",route="/api/payments/{id}/verify",status="200"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"webhook_events_total{provider="stripe",outcome="ignored"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"commissions_total{kind="earned"}"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn the_openapi_document_describes_every_endpoint() {
     let app = spawn_app().await;
-    let doc: Value = app.http.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc: Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
     for (path, method) in [
@@ -44,7 +64,10 @@ async fn the_openapi_document_describes_every_endpoint() {
         ("/webhooks/stripe", "post"),
         ("/webhooks/paystack", "post"),
     ] {
-        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is documented");
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} is documented"
+        );
     }
     assert!(doc["components"]["schemas"]["Problem"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());

@@ -17,6 +17,7 @@ pub mod paystack;
 /// Stripe: `Stripe-Signature`, `t=…,v1=…` HMAC-SHA256 over `t.body`.
 pub mod stripe;
 
+use axum::http::HeaderMap;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
@@ -34,7 +35,12 @@ use crate::{config::Secret, startup::AppState};
 pub enum Action {
     /// A successful charge: verify the payment with this provider reference,
     /// recording it first if we have not seen it.
-    Verify { reference: String, amount_minor: i64, currency: String, partner_id: Option<PartnerRef> },
+    Verify {
+        reference: String,
+        amount_minor: i64,
+        currency: String,
+        partner_id: Option<PartnerRef>,
+    },
     /// A full refund of the payment with this provider reference.
     Refund { reference: String },
     /// A refund for part of the amount: the ledger reverses only whole payments.
@@ -56,8 +62,17 @@ impl PartnerRef {
         match value? {
             Value::Null => None,
             Value::String(s) if s.trim().is_empty() => None,
-            Value::String(s) => Some(s.trim().parse().map(PartnerRef::Id).unwrap_or_else(|_| PartnerRef::Invalid(s.clone()))),
-            Value::Number(n) => Some(n.as_i64().map(PartnerRef::Id).unwrap_or_else(|| PartnerRef::Invalid(n.to_string()))),
+            Value::String(s) => Some(
+                s.trim()
+                    .parse()
+                    .map(PartnerRef::Id)
+                    .unwrap_or_else(|_| PartnerRef::Invalid(s.clone())),
+            ),
+            Value::Number(n) => Some(
+                n.as_i64()
+                    .map(PartnerRef::Id)
+                    .unwrap_or_else(|| PartnerRef::Invalid(n.to_string())),
+            ),
             other => Some(PartnerRef::Invalid(other.to_string())),
         }
     }
@@ -84,16 +99,35 @@ pub struct Delivery<'a> {
 /// The configured secret, or 503: an unconfigured webhook must not accept
 /// unsigned events, and 503 tells the provider to retry later.
 pub fn secret<'a>(secret: &'a Option<Secret>, provider: &str) -> Result<&'a Secret> {
-    secret.as_ref().ok_or_else(|| Error::Unavailable(format!("the {provider} webhook is not configured on this server")))
+    secret.as_ref().ok_or_else(|| {
+        Error::Unavailable(format!(
+            "the {provider} webhook is not configured on this server"
+        ))
+    })
+}
+
+/// A signature header's value, or the 400 a provider (and its dashboard) shows.
+pub fn signature_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Error::InvalidSignature(format!("the {name} header is missing")))
 }
 
 /// The body as JSON, once its signature has been checked.
 pub fn parse_body(body: &[u8]) -> Result<Value> {
-    serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))
 }
 
 pub async fn apply(state: &AppState, delivery: Delivery<'_>) -> Result<Receipt> {
-    let Delivery { provider, event_id, event_type, payload, action } = delivery;
+    let Delivery {
+        provider,
+        event_id,
+        event_type,
+        payload,
+        action,
+    } = delivery;
     let mut tx = state.db.begin().await?;
     let fresh = sqlx::query_scalar!(
         "INSERT INTO webhook_events (provider, event_id, event_type, outcome, payload)
@@ -111,12 +145,29 @@ pub async fn apply(state: &AppState, delivery: Delivery<'_>) -> Result<Receipt> 
     if !fresh {
         tx.rollback().await?;
         metrics::webhook_outcome(provider, "duplicate");
-        return Ok(Receipt { event_id, outcome: "duplicate".into(), payment_id: None });
+        return Ok(Receipt {
+            event_id,
+            outcome: "duplicate".into(),
+            payment_id: None,
+        });
     }
 
     let (outcome, payment_id) = match action {
-        Action::Verify { reference, amount_minor, currency, partner_id } => {
-            verify(&mut tx, provider, &reference, amount_minor, &currency, partner_id).await?
+        Action::Verify {
+            reference,
+            amount_minor,
+            currency,
+            partner_id,
+        } => {
+            verify(
+                &mut tx,
+                provider,
+                &reference,
+                amount_minor,
+                &currency,
+                partner_id,
+            )
+            .await?
         }
         Action::Refund { reference } => refund(&mut tx, provider, &reference).await?,
         Action::PartialRefund => ("partial_refund_ignored", None),
@@ -132,14 +183,25 @@ pub async fn apply(state: &AppState, delivery: Delivery<'_>) -> Result<Receipt> 
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    tracing::info!(provider, event_id, event_type, outcome, payment_id, "webhook event applied");
+    tracing::info!(
+        provider,
+        event_id,
+        event_type,
+        outcome,
+        payment_id,
+        "webhook event applied"
+    );
     metrics::webhook_outcome(provider, outcome);
     match outcome {
         "verified" => metrics::commission_written("earned"),
         "refunded" => metrics::commission_written("reversed"),
         _ => {}
     }
-    Ok(Receipt { event_id, outcome: outcome.into(), payment_id })
+    Ok(Receipt {
+        event_id,
+        outcome: outcome.into(),
+        payment_id,
+    })
 }
 
 type Outcome = (&'static str, Option<i64>);
@@ -164,9 +226,12 @@ async fn verify(
         None => None,
         Some(PartnerRef::Invalid(_)) => return Ok(("unknown_partner", None)),
         Some(PartnerRef::Id(id)) => {
-            let exists = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM partners WHERE id = $1) AS "exists!""#, id)
-                .fetch_one(&mut **tx)
-                .await?;
+            let exists = sqlx::query_scalar!(
+                r#"SELECT EXISTS (SELECT 1 FROM partners WHERE id = $1) AS "exists!""#,
+                id
+            )
+            .fetch_one(&mut **tx)
+            .await?;
             if !exists {
                 return Ok(("unknown_partner", None));
             }
@@ -174,13 +239,7 @@ async fn verify(
         }
     };
 
-    let existing = sqlx::query!(
-        r#"SELECT id, status::text AS "status!" FROM payments WHERE provider = $1 AND provider_reference = $2 FOR UPDATE"#,
-        provider,
-        reference
-    )
-    .fetch_optional(&mut **tx)
-    .await?;
+    let existing = payment_by_reference(tx, provider, reference).await?;
     let payment_id = match existing {
         Some(p) if p.status == "pending" => p.id,
         Some(p) if p.status == "verified" => return Ok(("already_verified", Some(p.id))),
@@ -201,24 +260,47 @@ async fn verify(
             .await?
         }
     };
-    sqlx::query_scalar!(r#"SELECT id AS "id!" FROM verify_payment($1)"#, payment_id).fetch_one(&mut **tx).await?;
+    sqlx::query_scalar!(r#"SELECT id AS "id!" FROM verify_payment($1)"#, payment_id)
+        .fetch_one(&mut **tx)
+        .await?;
     Ok(("verified", Some(payment_id)))
 }
 
-async fn refund(tx: &mut Transaction<'_, Postgres>, provider: &str, reference: &str) -> Result<Outcome> {
-    let existing = sqlx::query!(
+/// The payment with this provider reference, locked until the transaction ends.
+async fn payment_by_reference(
+    tx: &mut Transaction<'_, Postgres>,
+    provider: &str,
+    reference: &str,
+) -> Result<Option<LockedPayment>> {
+    Ok(sqlx::query_as!(
+        LockedPayment,
         r#"SELECT id, status::text AS "status!" FROM payments WHERE provider = $1 AND provider_reference = $2 FOR UPDATE"#,
         provider,
         reference
     )
     .fetch_optional(&mut **tx)
-    .await?;
+    .await?)
+}
+
+struct LockedPayment {
+    id: i64,
+    status: String,
+}
+
+async fn refund(
+    tx: &mut Transaction<'_, Postgres>,
+    provider: &str,
+    reference: &str,
+) -> Result<Outcome> {
+    let existing = payment_by_reference(tx, provider, reference).await?;
     match existing {
         None => Ok(("unknown_payment", None)),
         Some(p) if p.status == "refunded" => Ok(("already_refunded", Some(p.id))),
         Some(p) if p.status != "verified" => Ok(("illegal_transition", Some(p.id))),
         Some(p) => {
-            sqlx::query_scalar!(r#"SELECT id AS "id!" FROM refund_payment($1)"#, p.id).fetch_one(&mut **tx).await?;
+            sqlx::query_scalar!(r#"SELECT id AS "id!" FROM refund_payment($1)"#, p.id)
+                .fetch_one(&mut **tx)
+                .await?;
             Ok(("refunded", Some(p.id)))
         }
     }

@@ -30,32 +30,43 @@ use crate::{
               (status = 400, body = crate::http::error::Problem, description = "Missing or wrong signature"),
               (status = 413, body = crate::http::error::Problem), (status = 503, body = crate::http::error::Problem, description = "Not configured")))]
 #[tracing::instrument(skip_all)]
-pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<Receipt>> {
+pub async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Receipt>> {
     let secret = super::secret(&state.config.paystack_secret_key, "paystack")?;
-    let signature = headers
-        .get("x-paystack-signature")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| Error::InvalidSignature("the x-paystack-signature header is missing".into()))?;
+    let signature = super::signature_header(&headers, "x-paystack-signature")?;
     check_signature(signature, &body, secret.expose().as_bytes())?;
 
     let event = super::parse_body(&body)?;
     let event_type = event["event"].as_str().unwrap_or_default().to_owned();
     let data = &event["data"];
     let reference = match event_type.as_str() {
-        "refund.processed" => data["transaction_reference"].as_str().or_else(|| data["reference"].as_str()),
+        "refund.processed" => data["transaction_reference"]
+            .as_str()
+            .or_else(|| data["reference"].as_str()),
         _ => data["reference"].as_str(),
     }
     .filter(|r| !r.is_empty())
     .ok_or_else(|| Error::BadRequest("the event has no data.reference".into()))?;
     let action = action(&event_type, reference, data);
-    let delivery = Delivery { provider: "paystack", event_id: format!("{event_type}:{reference}"), event_type, payload: &event, action };
+    let delivery = Delivery {
+        provider: "paystack",
+        event_id: format!("{event_type}:{reference}"),
+        event_type,
+        payload: &event,
+        action,
+    };
     Ok(Json(super::apply(&state, delivery).await?))
 }
 
 fn action(event_type: &str, reference: &str, data: &Value) -> Action {
     match event_type {
         "charge.success" => {
-            let (Some(amount_minor), Some(currency)) = (data["amount"].as_i64(), data["currency"].as_str()) else {
+            let (Some(amount_minor), Some(currency)) =
+                (data["amount"].as_i64(), data["currency"].as_str())
+            else {
                 return Action::Unsupported;
             };
             Action::Verify {
@@ -65,7 +76,9 @@ fn action(event_type: &str, reference: &str, data: &Value) -> Action {
                 partner_id: PartnerRef::from_metadata(data["metadata"].get("partner_id")),
             }
         }
-        "refund.processed" => Action::Refund { reference: reference.to_owned() },
+        "refund.processed" => Action::Refund {
+            reference: reference.to_owned(),
+        },
         _ => Action::Unsupported,
     }
 }

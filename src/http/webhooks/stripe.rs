@@ -34,19 +34,34 @@ pub const TOLERANCE_SECS: i64 = 300;
               (status = 400, body = crate::http::error::Problem, description = "Missing, stale or wrong signature"),
               (status = 413, body = crate::http::error::Problem), (status = 503, body = crate::http::error::Problem, description = "Not configured")))]
 #[tracing::instrument(skip_all)]
-pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<Receipt>> {
+pub async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Receipt>> {
     let secret = super::secret(&state.config.stripe_webhook_secret, "stripe")?;
-    let header = headers
-        .get("stripe-signature")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| Error::InvalidSignature("the Stripe-Signature header is missing".into()))?;
-    check_signature(header, &body, secret.expose().as_bytes(), chrono::Utc::now().timestamp())?;
+    let header = super::signature_header(&headers, "Stripe-Signature")?;
+    check_signature(
+        header,
+        &body,
+        secret.expose().as_bytes(),
+        chrono::Utc::now().timestamp(),
+    )?;
 
     let event = super::parse_body(&body)?;
-    let event_id = event["id"].as_str().filter(|s| !s.is_empty()).ok_or_else(|| Error::BadRequest("the event has no id".into()))?;
+    let event_id = event["id"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Error::BadRequest("the event has no id".into()))?;
     let event_type = event["type"].as_str().unwrap_or_default().to_owned();
     let action = action(&event_type, &event["data"]["object"]);
-    let delivery = Delivery { provider: "stripe", event_id: event_id.to_owned(), event_type, payload: &event, action };
+    let delivery = Delivery {
+        provider: "stripe",
+        event_id: event_id.to_owned(),
+        event_type,
+        payload: &event,
+        action,
+    };
     Ok(Json(super::apply(&state, delivery).await?))
 }
 
@@ -55,7 +70,9 @@ fn action(event_type: &str, object: &Value) -> Action {
         "payment_intent.succeeded" => {
             let (Some(reference), Some(amount_minor), Some(currency)) = (
                 object["id"].as_str(),
-                object["amount_received"].as_i64().or_else(|| object["amount"].as_i64()),
+                object["amount_received"]
+                    .as_i64()
+                    .or_else(|| object["amount"].as_i64()),
                 object["currency"].as_str(),
             ) else {
                 return Action::Unsupported;
@@ -67,8 +84,13 @@ fn action(event_type: &str, object: &Value) -> Action {
                 partner_id: PartnerRef::from_metadata(object["metadata"].get("partner_id")),
             }
         }
-        "charge.refunded" => match (object["payment_intent"].as_str(), object["refunded"].as_bool()) {
-            (Some(reference), Some(true)) => Action::Refund { reference: reference.to_owned() },
+        "charge.refunded" => match (
+            object["payment_intent"].as_str(),
+            object["refunded"].as_bool(),
+        ) {
+            (Some(reference), Some(true)) => Action::Refund {
+                reference: reference.to_owned(),
+            },
             (Some(_), Some(false)) => Action::PartialRefund,
             _ => Action::Unsupported,
         },
@@ -87,9 +109,12 @@ pub fn check_signature(header: &str, body: &[u8], secret: &[u8], now: i64) -> Re
             _ => {}
         }
     }
-    let timestamp = timestamp.ok_or_else(|| Error::InvalidSignature("Stripe-Signature has no valid t=".into()))?;
+    let timestamp = timestamp
+        .ok_or_else(|| Error::InvalidSignature("Stripe-Signature has no valid t=".into()))?;
     if signatures.is_empty() {
-        return Err(Error::InvalidSignature("Stripe-Signature has no v1 signature".into()));
+        return Err(Error::InvalidSignature(
+            "Stripe-Signature has no v1 signature".into(),
+        ));
     }
     if (now - timestamp).abs() > TOLERANCE_SECS {
         return Err(Error::InvalidSignature(format!(
@@ -101,10 +126,15 @@ pub fn check_signature(header: &str, body: &[u8], secret: &[u8], now: i64) -> Re
     mac.update(b".");
     mac.update(body);
     // verify_slice compares in constant time; clone per candidate since it consumes the MAC.
-    if signatures.iter().any(|s| mac.clone().verify_slice(s).is_ok()) {
+    if signatures
+        .iter()
+        .any(|s| mac.clone().verify_slice(s).is_ok())
+    {
         Ok(())
     } else {
-        Err(Error::InvalidSignature("no v1 signature matches the body".into()))
+        Err(Error::InvalidSignature(
+            "no v1 signature matches the body".into(),
+        ))
     }
 }
 
