@@ -129,3 +129,17 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for IdempotencyKey {
         Ok(Some(IdempotencyKey(key.to_owned())))
     }
 }
+
+/// The raw body, for webhooks whose signature covers the exact bytes; a body
+/// over the limit is a 413 problem like everywhere else.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = Error;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self> {
+        Ok(RawBody(
+            axum::body::Bytes::from_request(request, state).await?,
+        ))
+    }
+}

@@ -392,3 +392,45 @@ async fn an_idempotency_key_replays_the_first_response() {
         .unwrap();
     problem(theirs, 409, "conflict").await;
 }
+
+/// A body sent in chunks, with no Content-Length to refuse it by, is cut off
+/// at the limit while it is read: still a 413 problem, still nothing written.
+#[tokio::test]
+async fn a_streamed_body_over_the_limit_is_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = spawn_app().await;
+    for path in ["/api/payments", "/webhooks/stripe"] {
+        let mut socket = tokio::net::TcpStream::connect(app.address).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nStripe-Signature: t=1,v1=00\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            admin_token()
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let chunk = "x".repeat(16 * 1024);
+        // 128 KiB, twice the limit; the server may stop reading early.
+        for _ in 0..8 {
+            let frame = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+            if socket.write_all(frame.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        let _ = socket.write_all(b"0\r\n\r\n").await;
+        let mut response = String::new();
+        let _ = socket.read_to_string(&mut response).await;
+        assert!(response.starts_with("HTTP/1.1 413"), "{path}: {response}");
+        assert!(
+            response
+                .to_ascii_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{response}"
+        );
+        assert!(
+            response.contains("/problems/payload-too-large"),
+            "{response}"
+        );
+    }
+    assert_eq!(app.count("SELECT count(*) FROM payments").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM webhook_events").await, 0);
+}

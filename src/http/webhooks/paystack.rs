@@ -8,7 +8,7 @@
 //! `refund.processed` refunds the payment of `data.transaction_reference`
 //! (or `data.reference`).
 
-use axum::{body::Bytes, extract::State, http::HeaderMap};
+use axum::{extract::State, http::HeaderMap};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha512;
@@ -17,7 +17,7 @@ use super::{Action, Delivery, PartnerRef, Receipt};
 use crate::{
     http::{
         error::{Error, Result},
-        extractor::Json,
+        extractor::{Json, RawBody},
     },
     startup::AppState,
 };
@@ -33,7 +33,7 @@ use crate::{
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<Receipt>> {
     let secret = super::secret(&state.config.paystack_secret_key, "paystack")?;
     let signature = super::signature_header(&headers, "x-paystack-signature")?;

@@ -9,7 +9,7 @@
 //! payment intent id as reference); `charge.refunded` refunds the payment
 //! of `payment_intent` when the charge is refunded in full.
 
-use axum::{body::Bytes, extract::State, http::HeaderMap};
+use axum::{extract::State, http::HeaderMap};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
@@ -18,7 +18,7 @@ use super::{Action, Delivery, PartnerRef, Receipt};
 use crate::{
     http::{
         error::{Error, Result},
-        extractor::Json,
+        extractor::{Json, RawBody},
     },
     startup::AppState,
 };
@@ -37,7 +37,7 @@ pub const TOLERANCE_SECS: i64 = 300;
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<Receipt>> {
     let secret = super::secret(&state.config.stripe_webhook_secret, "stripe")?;
     let header = super::signature_header(&headers, "Stripe-Signature")?;
