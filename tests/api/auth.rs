@@ -205,3 +205,40 @@ fn the_token_command_mints_a_token_the_server_accepts() {
         "a partner token without --partner-id is refused"
     );
 }
+
+#[tokio::test]
+async fn every_api_endpoint_refuses_a_call_without_a_token() {
+    let app = spawn_app().await;
+    let partner = create_partner(&app.db.pool, "Acme", None).await;
+    let payment = crate::helpers::create_payment(&app.db.pool, "10.00", "NGN", Some(partner)).await;
+    let endpoints = [
+        ("POST", "/api/partners".to_owned()),
+        ("GET", format!("/api/partners/{partner}")),
+        ("PATCH", format!("/api/partners/{partner}")),
+        ("GET", format!("/api/partners/{partner}/commissions")),
+        ("GET", format!("/api/partners/{partner}/events")),
+        ("POST", "/api/payments".to_owned()),
+        ("POST", format!("/api/payments/{payment}/verify")),
+        ("POST", format!("/api/payments/{payment}/refund")),
+        ("GET", "/api/notifications".to_owned()),
+        ("POST", "/api/notifications/1/read".to_owned()),
+    ];
+    for (method, path) in endpoints {
+        let request = app
+            .http
+            .request(method.parse().unwrap(), app.url(&path))
+            .json(&json!({"name": "x"}));
+        let response = request.send().await.unwrap();
+        let body = problem(response, 401, "unauthorized").await;
+        assert!(
+            body["detail"].as_str().unwrap().contains("Bearer"),
+            "{method} {path}: {body}"
+        );
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM payments WHERE status = 'pending'")
+            .await,
+        1
+    );
+    assert_eq!(app.count("SELECT count(*) FROM partners").await, 1);
+}
