@@ -326,6 +326,35 @@ async fn paystack_charge_success_verifies_and_refund_processed_reverses() {
 }
 
 #[tokio::test]
+async fn a_partial_paystack_refund_reverses_nothing_and_is_recorded() {
+    let app = spawn_app().await;
+    let partner = create_partner(&app.db.pool, "Acme", None).await;
+    json(
+        app.paystack(&paystack_charge(
+            "T9",
+            100_000,
+            json!({"partner_id": partner}),
+        ))
+        .await,
+        200,
+    )
+    .await;
+    let partial = json!({"event": "refund.processed", "data": {"transaction_reference": "T9", "amount": 40000, "currency": "NGN"}}).to_string();
+    let receipt = json(app.paystack(&partial).await, 200).await;
+    assert_eq!(receipt["outcome"], "partial_refund_ignored");
+    assert_eq!(
+        app.count("SELECT count(*) FROM payments WHERE status = 'verified'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM commissions WHERE kind = 'reversed'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
 async fn bad_altered_or_missing_paystack_signatures_change_nothing() {
     let app = spawn_app().await;
     let partner = create_partner(&app.db.pool, "Acme", None).await;

@@ -9,8 +9,11 @@
 //! * Whatever we cannot act on (unsupported type, unknown partner, currency
 //!   or payment, an illegal status change) is acknowledged with 200 and
 //!   recorded with its outcome: a retry would not make it any better, and an
-//!   operator finds it in `webhook_events`. Only failures that a retry may
-//!   cure (the database is down) answer 5xx, and then nothing is recorded.
+//!   operator finds it in `webhook_events`. An event naming a partner we do
+//!   not know creates no payment: verified for nobody, its commission could
+//!   never be earned; recorded with its payload, an operator can act on it.
+//!   Only failures that a retry may cure (the database is down) answer 5xx,
+//!   and then nothing is recorded.
 
 /// Paystack: `x-paystack-signature`, HMAC-SHA512 of the raw body.
 pub mod paystack;
@@ -41,8 +44,12 @@ pub enum Action {
         currency: String,
         partner_id: Option<PartnerRef>,
     },
-    /// A full refund of the payment with this provider reference.
-    Refund { reference: String },
+    /// A refund of the payment with this provider reference: in full, or of
+    /// `amount_minor` when the provider says how much (less is partial).
+    Refund {
+        reference: String,
+        amount_minor: Option<i64>,
+    },
     /// A refund for part of the amount: the ledger reverses only whole payments.
     PartialRefund,
     /// An event type we do not act on.
@@ -169,7 +176,10 @@ pub async fn apply(state: &AppState, delivery: Delivery<'_>) -> Result<Receipt> 
             )
             .await?
         }
-        Action::Refund { reference } => refund(&mut tx, provider, &reference).await?,
+        Action::Refund {
+            reference,
+            amount_minor,
+        } => refund(&mut tx, provider, &reference, amount_minor).await?,
         Action::PartialRefund => ("partial_refund_ignored", None),
         Action::Unsupported => ("ignored", None),
     };
@@ -274,7 +284,10 @@ async fn payment_by_reference(
 ) -> Result<Option<LockedPayment>> {
     Ok(sqlx::query_as!(
         LockedPayment,
-        r#"SELECT id, status::text AS "status!" FROM payments WHERE provider = $1 AND provider_reference = $2 FOR UPDATE"#,
+        r#"SELECT p.id, p.status::text AS "status!", p.amount, c.minor_units
+             FROM payments p JOIN currencies c ON c.code = p.currency
+            WHERE p.provider = $1 AND p.provider_reference = $2
+              FOR UPDATE OF p"#,
         provider,
         reference
     )
@@ -285,16 +298,25 @@ async fn payment_by_reference(
 struct LockedPayment {
     id: i64,
     status: String,
+    amount: Decimal,
+    minor_units: i16,
 }
 
 async fn refund(
     tx: &mut Transaction<'_, Postgres>,
     provider: &str,
     reference: &str,
+    amount_minor: Option<i64>,
 ) -> Result<Outcome> {
     let existing = payment_by_reference(tx, provider, reference).await?;
     match existing {
         None => Ok(("unknown_payment", None)),
+        Some(p)
+            if amount_minor
+                .is_some_and(|minor| money::from_minor_units(minor, p.minor_units) < p.amount) =>
+        {
+            Ok(("partial_refund_ignored", Some(p.id)))
+        }
         Some(p) if p.status == "refunded" => Ok(("already_refunded", Some(p.id))),
         Some(p) if p.status != "verified" => Ok(("illegal_transition", Some(p.id))),
         Some(p) => {

@@ -78,6 +78,7 @@ fn action(event_type: &str, reference: &str, data: &Value) -> Action {
         }
         "refund.processed" => Action::Refund {
             reference: reference.to_owned(),
+            amount_minor: data["amount"].as_i64(),
         },
         _ => Action::Unsupported,
     }

@@ -88,8 +88,10 @@ fn action(event_type: &str, object: &Value) -> Action {
             object["payment_intent"].as_str(),
             object["refunded"].as_bool(),
         ) {
+            // `refunded` is true only once the whole amount is refunded.
             (Some(reference), Some(true)) => Action::Refund {
                 reference: reference.to_owned(),
+                amount_minor: None,
             },
             (Some(_), Some(false)) => Action::PartialRefund,
             _ => Action::Unsupported,
