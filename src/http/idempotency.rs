@@ -5,8 +5,11 @@
 //!
 //! The first request under a key runs while a transaction-scoped advisory
 //! lock on (caller, key) is held, and its response is stored in that same
-//! transaction, so concurrent retries wait and then replay. 5xx responses
-//! are not stored: the client may retry them. Requests without a valid admin
+//! transaction. A request that finds the lock taken gets a 409 at once
+//! rather than waiting: a waiter would hold a pooled connection while the
+//! request it waits for needs one, and a burst could exhaust the pool. The
+//! client retries and then gets the replay. 5xx responses are not stored:
+//! the client may retry them. Requests without a valid admin
 //! token pass straight through to the handler, which refuses them.
 
 use axum::{
@@ -54,13 +57,18 @@ async fn replay_or_record(state: AppState, request: Request, next: Next) -> Resu
     let hash = request_hash(parts.method.as_str(), parts.uri.path(), &body);
 
     let mut tx = state.db.begin().await?;
-    sqlx::query!(
-        "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
+    let locked = sqlx::query_scalar!(
+        r#"SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2)) AS "locked!""#,
         caller,
         key
     )
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
+    if !locked {
+        return Err(Error::Conflict(
+            "a request with this Idempotency-Key is still in progress: retry shortly".into(),
+        ));
+    }
     let stored = sqlx::query!(
         "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE caller = $1 AND key = $2",
         caller,

@@ -434,3 +434,50 @@ async fn a_streamed_body_over_the_limit_is_413() {
     assert_eq!(app.count("SELECT count(*) FROM payments").await, 0);
     assert_eq!(app.count("SELECT count(*) FROM webhook_events").await, 0);
 }
+
+#[tokio::test]
+async fn concurrent_sends_under_one_key_create_one_payment() {
+    let app = spawn_app().await;
+    let admin = admin_token();
+    let body = json!({"amount": "75.00", "currency": "NGN"});
+    let sends = (0..10).map(|_| {
+        let request = app
+            .http
+            .post(app.url("/api/payments"))
+            .bearer_auth(&admin)
+            .header("Idempotency-Key", "burst")
+            .json(&body);
+        async move { request.send().await.unwrap() }
+    });
+    let mut created = Vec::new();
+    for response in futures::future::join_all(sends).await {
+        match response.status().as_u16() {
+            201 => created.push(response.json::<Value>().await.unwrap()["id"].clone()),
+            409 => {
+                let body = problem(response, 409, "conflict").await;
+                assert!(
+                    body["detail"].as_str().unwrap().contains("in progress"),
+                    "{body}"
+                );
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(!created.is_empty());
+    assert!(
+        created.iter().all(|id| *id == created[0]),
+        "every 201 is the same payment: {created:?}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM payments").await, 1);
+    // Once it is done, a retry replays.
+    let retry = app
+        .http
+        .post(app.url("/api/payments"))
+        .bearer_auth(&admin)
+        .header("Idempotency-Key", "burst")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(retry, 201).await["id"], created[0]);
+}
