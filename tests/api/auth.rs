@@ -242,3 +242,73 @@ async fn every_api_endpoint_refuses_a_call_without_a_token() {
     );
     assert_eq!(app.count("SELECT count(*) FROM partners").await, 1);
 }
+
+/// Collects what the server logs, for the redaction test.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn tokens_and_signatures_never_reach_the_logs() {
+    // A current-thread test runtime runs the server's tasks on this thread,
+    // so a thread-default subscriber sees every log line the server writes.
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let app = spawn_app().await;
+    let partner = create_partner(&app.db.pool, "Acme", None).await;
+    let token = partner_token(partner);
+    let path = format!("/api/partners/{partner}?token={token}");
+    assert_eq!(app.get_as(&token, &path).await.status(), 200);
+    let body =
+        json!({"id": "evt_log", "type": "customer.created", "data": {"object": {}}}).to_string();
+    let signature = crate::callers::stripe_signature(crate::helpers::STRIPE_SECRET, now(), &body);
+    let response = app
+        .http
+        .post(app.url("/webhooks/stripe"))
+        .header("Stripe-Signature", &signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("finished processing request"),
+        "the requests were logged: {text}"
+    );
+    assert!(
+        text.contains(&format!("/api/partners/{partner}")),
+        "with their path: {text}"
+    );
+    let v1 = signature.split_once("v1=").unwrap().1;
+    let jwt_signature = token.rsplit('.').next().unwrap();
+    for secret in [
+        token.as_str(),
+        jwt_signature,
+        v1,
+        crate::helpers::STRIPE_SECRET,
+        JWT_SECRET,
+    ] {
+        assert!(
+            !text.contains(secret),
+            "a secret reached the logs: {secret}"
+        );
+    }
+}
