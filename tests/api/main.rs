@@ -1,7 +1,13 @@
 //! One test binary (fast to link), one module per area. Every test gets its
 //! own freshly migrated database, so they all run in parallel.
 
+mod callers;
 mod helpers;
 
+mod auth;
 mod engine;
 mod migrate;
+mod partners;
+mod payments;
+mod service;
+mod webhooks;
