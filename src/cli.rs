@@ -1,7 +1,8 @@
 //! What each subcommand does. `main.rs` only parses and calls [`run`].
 
 use crate::{
-    config::{Cli, Command},
+    auth::{self, Claims, Role},
+    config::{Cli, Command, TokenConfig, TokenRole},
     db, demo, startup,
 };
 
@@ -19,5 +20,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(config) => demo::demo(config).await,
         Command::SimulatePayment(config) => demo::simulate_payment(config).await,
+        Command::Token(config) => {
+            println!("{}", mint_token(&config, chrono::Utc::now().timestamp())?);
+            Ok(())
+        }
     }
+}
+
+/// The token `commissions token` prints, valid for `ttl` seconds from `now`.
+pub fn mint_token(config: &TokenConfig, now: i64) -> anyhow::Result<String> {
+    let (role, partner_id) = match (config.role, config.partner_id) {
+        (TokenRole::Admin, _) => (Role::Admin, None),
+        (TokenRole::Partner, Some(id)) => (Role::Partner, Some(id)),
+        (TokenRole::Partner, None) => anyhow::bail!("a partner token needs --partner-id"),
+    };
+    let sub = config.sub.clone().unwrap_or_else(|| match partner_id {
+        Some(id) => format!("partner:{id}"),
+        None => "admin".to_owned(),
+    });
+    let claims = Claims {
+        sub,
+        role,
+        partner_id,
+        exp: now + config.ttl,
+    };
+    Ok(auth::mint(&claims, config.jwt_secret.expose()))
 }

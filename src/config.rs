@@ -7,7 +7,11 @@ use std::{fmt, net::SocketAddr, str::FromStr};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "commissions", version, about = "Real-time partner commissions on PostgreSQL")]
+#[command(
+    name = "commissions",
+    version,
+    about = "Real-time partner commissions on PostgreSQL"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -23,6 +27,33 @@ pub enum Command {
     Demo(DemoConfig),
     /// Record a pending payment for a partner and verify it, printing the commission.
     SimulatePayment(SimulatePaymentConfig),
+    /// Mint a JWT for local use (curl, the dashboard) and print it.
+    Token(TokenConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenConfig {
+    /// HS256 key, the same the server checks tokens with.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Secret,
+    /// `admin` or `partner`.
+    #[arg(long, value_enum)]
+    pub role: TokenRole,
+    /// The partner a partner token belongs to (required with --role partner).
+    #[arg(long, required_if_eq("role", "partner"))]
+    pub partner_id: Option<i64>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(i64).range(1..=31_536_000))]
+    pub ttl: i64,
+    /// The token's subject (who it identifies); defaults to the role and partner.
+    #[arg(long)]
+    pub sub: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenRole {
+    Admin,
+    Partner,
 }
 
 #[derive(Debug, Clone, Args)]

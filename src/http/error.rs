@@ -3,6 +3,7 @@
 //! `type` URI clients can match on. A 500 logs its cause and sends none of it.
 
 use axum::{
+    extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -29,6 +30,11 @@ pub enum Error {
     /// Well-formed input with invalid values.
     #[error("{0}")]
     Unprocessable(String),
+    /// A webhook whose signature is missing, malformed, stale or wrong.
+    #[error("{0}")]
+    InvalidSignature(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -78,6 +84,8 @@ impl Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::InvalidSignature(_) => StatusCode::BAD_REQUEST,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -93,6 +101,8 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::BadRequest(_) => "bad-request",
             Error::Unprocessable(_) => "invalid-input",
+            Error::InvalidSignature(_) => "invalid-signature",
+            Error::UnsupportedMediaType(_) => "unsupported-media-type",
             Error::PayloadTooLarge(_) => "payload-too-large",
             Error::TooManyRequests(_) => "too-many-requests",
             Error::Unavailable(_) => "unavailable",
@@ -128,13 +138,77 @@ impl IntoResponse for Error {
         }
         let problem = this.problem();
         let status = this.status_code();
-        (status, [(header::CONTENT_TYPE, "application/problem+json")], Json(problem)).into_response()
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            Json(problem),
+        )
+            .into_response()
     }
+}
+
+/// Every body the API reads goes through axum's extractors; their
+/// rejections become problems here instead of axum's plain-text bodies.
+impl From<JsonRejection> for Error {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => Error::Unprocessable(e.body_text()),
+            JsonRejection::JsonSyntaxError(e) => Error::BadRequest(e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => Error::UnsupportedMediaType(
+                "the body must be JSON, sent with Content-Type: application/json".into(),
+            ),
+            JsonRejection::BytesRejection(e) => Error::from_body_failure(e.status(), e.body_text()),
+            other => Error::BadRequest(other.body_text()),
+        }
+    }
+}
+
+impl From<BytesRejection> for Error {
+    fn from(rejection: BytesRejection) -> Self {
+        Error::from_body_failure(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for Error {
+    fn from(rejection: QueryRejection) -> Self {
+        Error::Unprocessable(rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for Error {
+    fn from(rejection: PathRejection) -> Self {
+        match rejection {
+            PathRejection::FailedToDeserializePathParams(e) => Error::BadRequest(e.body_text()),
+            other => Error::Internal(anyhow::anyhow!(other.body_text())),
+        }
+    }
+}
+
+impl Error {
+    fn from_body_failure(status: StatusCode, text: String) -> Self {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge(too_large_detail())
+        } else {
+            Error::BadRequest(text)
+        }
+    }
+}
+
+/// The one wording of a body over [`super::MAX_BODY_BYTES`].
+pub fn too_large_detail() -> String {
+    format!(
+        "the request body is larger than the {} KiB this API accepts",
+        super::MAX_BODY_BYTES / 1024
+    )
 }
 
 /// Lets a handler turn one named constraint into a 4xx and pass every other
 /// error through: `.map_err(|e| on_constraint(e, "payments_provider_reference_unique", |_| Error::Conflict(..)))`.
-pub fn on_constraint(error: sqlx::Error, name: &str, map: impl FnOnce(&dyn sqlx::error::DatabaseError) -> Error) -> Error {
+pub fn on_constraint(
+    error: sqlx::Error,
+    name: &str,
+    map: impl FnOnce(&dyn sqlx::error::DatabaseError) -> Error,
+) -> Error {
     match error.as_database_error() {
         Some(db) if db.constraint() == Some(name) => map(db),
         _ => Error::Database(error),

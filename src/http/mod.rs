@@ -1,24 +1,136 @@
 //! The HTTP surface. This file alone decides the paths; each resource has its
 //! own module.
+//!
+//! Every request passes, outermost first: sensitive headers marked (so the
+//! token and webhook signatures are never logged), tracing (path only: a
+//! query may hold a WebSocket `token`), metrics, the timeout, and the body
+//! limit (a declared Content-Length over it is refused before reading; a
+//! streamed body is cut off at it).
 
+/// Ledger entries as the API shows them.
+mod commissions;
 /// The error type and its problem+json mapping.
 pub mod error;
+/// The authenticated caller and problem-speaking JSON, query and path extractors.
+pub mod extractor;
 /// `/healthz` and `/readyz`.
 mod health;
+/// Replays admin POSTs sent again with the same `Idempotency-Key`.
+mod idempotency;
+/// `/metrics` and the request counters.
+pub mod metrics;
+/// Amounts and rates on the wire: decimal strings, never floats.
+pub mod money;
+/// `/api/notifications`.
+mod notifications;
+/// `/openapi.json`.
+pub mod openapi;
+/// `/api/partners/...`: partners, their ledger and event log.
+mod partners;
+/// `/api/payments/...`: record, verify and refund by hand.
+mod payments;
+/// `/webhooks/stripe` and `/webhooks/paystack`.
+pub mod webhooks;
 
-use std::time::Duration;
+use std::{iter::once, time::Duration};
 
-use axum::{routing::get, Router};
-use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+use axum::{
+    extract::{DefaultBodyLimit, Request},
+    http::{header, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use tower_http::{
+    sensitive_headers::SetSensitiveRequestHeadersLayer,
+    timeout::TimeoutLayer,
+    trace::{DefaultOnResponse, TraceLayer},
+};
 
 use crate::startup::AppState;
 
+/// The largest request body accepted. Every body this API takes is a small
+/// JSON document; providers' webhook events are a few KiB.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 pub fn router(state: AppState) -> Router {
+    metrics::handle();
+    // Admin POSTs honour Idempotency-Key.
+    let admin_posts = Router::new()
+        .route("/api/partners", post(partners::create))
+        .route("/api/payments", post(payments::create))
+        .route("/api/payments/{id}/verify", post(payments::verify))
+        .route("/api/payments/{id}/refund", post(payments::refund))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::layer,
+        ));
+
     Router::new()
+        .merge(admin_posts)
+        .route("/api/partners/{id}", get(partners::show).patch(partners::update))
+        .route("/api/partners/{id}/commissions", get(partners::commissions))
+        .route("/api/partners/{id}/events", get(partners::events))
+        .route("/api/notifications", get(notifications::list))
+        .route("/api/notifications/{id}/read", post(notifications::mark_read))
+        .route("/webhooks/stripe", post(webhooks::stripe::receive))
+        .route("/webhooks/paystack", post(webhooks::paystack::receive))
+        .route("/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics::render))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(crate::dashboard::routes())
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
-        .layer(TraceLayer::new_for_http())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(refuse_oversized))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(middleware::from_fn(metrics::track))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+                })
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(SetSensitiveRequestHeadersLayer::new(
+            [header::AUTHORIZATION, header::HeaderName::from_static("stripe-signature"), header::HeaderName::from_static("x-paystack-signature")]
+                .into_iter()
+                .chain(once(header::COOKIE)),
+        ))
         .with_state(state)
+}
+
+/// Refuses a body declared larger than [`MAX_BODY_BYTES`] before reading any
+/// of it; [`DefaultBodyLimit`] catches one that streams without a length.
+async fn refuse_oversized(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return error::Error::PayloadTooLarge(error::too_large_detail()).into_response();
+    }
+    next.run(request).await
+}
+
+async fn not_found() -> error::Error {
+    error::Error::NotFound("no such endpoint".into())
+}
+
+async fn method_not_allowed() -> Response {
+    let problem = error::Problem {
+        kind: "/problems/method-not-allowed".into(),
+        title: "Method Not Allowed".into(),
+        status: 405,
+        detail: Some("this endpoint does not take that method".into()),
+    };
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        axum::Json(problem),
+    )
+        .into_response()
 }

@@ -1,0 +1,145 @@
+//! What a handler extracts from a request, with every rejection turned into
+//! a problem: the authenticated [`Caller`], and JSON bodies, queries and paths
+//! whose failures read as `application/problem+json` rather than axum's text.
+//!
+//! Invariant: a partner token reaches only its own partner's data. A refusal
+//! says the same thing whether or not the other partner exists, so it leaks
+//! nothing about it.
+
+use axum::{
+    extract::{FromRequest, FromRequestParts, OptionalFromRequestParts},
+    http::{header, request::Parts},
+};
+
+use super::error::{Error, Result};
+use crate::{
+    auth::{self, AuthError, Claims},
+    startup::AppState,
+};
+
+/// The authenticated caller: the claims of a valid `Authorization: Bearer` JWT.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Claims);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let token = bearer_token(parts)?;
+        let claims =
+            auth::verify(token, state.config.jwt_secret.expose()).map_err(|e| match e {
+                AuthError::Expired => {
+                    Error::Unauthorized("the token has expired: get a new one".into())
+                }
+                AuthError::Invalid => Error::Unauthorized("the token is invalid".into()),
+                AuthError::MissingPartner => {
+                    Error::Unauthorized("a partner token must carry partner_id".into())
+                }
+            })?;
+        Ok(Caller(claims))
+    }
+}
+
+fn bearer_token(parts: &Parts) -> Result<&str> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| Error::Unauthorized("send a token: Authorization: Bearer <jwt>".into()))?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::Unauthorized("the Authorization header must be: Bearer <jwt>".into()))
+}
+
+impl Caller {
+    pub fn claims(&self) -> &Claims {
+        &self.0
+    }
+
+    /// Admin-only endpoints call this first.
+    pub fn require_admin(&self) -> Result<()> {
+        if self.0.is_admin() {
+            Ok(())
+        } else {
+            Err(Error::Forbidden("this endpoint is for admins".into()))
+        }
+    }
+
+    /// Checked before any lookup, so the answer is the same for a partner
+    /// that exists and one that does not.
+    pub fn require_partner_access(&self, partner_id: i64) -> Result<()> {
+        if self.0.may_see_partner(partner_id) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(
+                "a partner token may only read its own partner".into(),
+            ))
+        }
+    }
+}
+
+/// A JSON body; failures become 400 (syntax), 415 (content type), 413 (size)
+/// or 422 (wrong fields or types), each as a problem.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(Error))]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// A query string; a malformed one is a 422 problem.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(Error))]
+pub struct Query<T>(pub T);
+
+/// Path parameters; one of the wrong type (`/api/payments/abc`) is a 400 problem.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(Error))]
+pub struct Path<T>(pub T);
+
+/// The `Idempotency-Key` header of an admin POST, if sent.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey(pub String);
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for IdempotencyKey {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(None);
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .filter(|k| (1..=255).contains(&k.len()))
+            .ok_or_else(|| {
+                Error::BadRequest(
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+                )
+            })?;
+        Ok(Some(IdempotencyKey(key.to_owned())))
+    }
+}
+
+/// The raw body, for webhooks whose signature covers the exact bytes; a body
+/// over the limit is a 413 problem like everywhere else.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = Error;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self> {
+        Ok(RawBody(
+            axum::body::Bytes::from_request(request, state).await?,
+        ))
+    }
+}

@@ -1,0 +1,45 @@
+//! The OpenAPI document served at `/openapi.json`, generated from the
+//! handlers' `#[utoipa::path]` annotations so it cannot drift from the code.
+
+use axum::Json;
+use utoipa::{
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    Modify, OpenApi,
+};
+
+use super::{commissions, error, notifications, partners, payments, webhooks};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "commissions", description = "Payments verified in PostgreSQL earn partner commissions, relayed live over WebSocket at /notifications."),
+    paths(
+        partners::create, partners::show, partners::update, partners::commissions, partners::events,
+        payments::create, payments::verify, payments::refund,
+        notifications::list, notifications::mark_read,
+        webhooks::stripe::receive, webhooks::paystack::receive,
+    ),
+    components(schemas(error::Problem, commissions::Commission, partners::Totals)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

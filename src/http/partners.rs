@@ -1,0 +1,310 @@
+//! Partners: created and re-rated by admins, read by admins and by the
+//! partner itself, with its totals per currency, its ledger (keyset pages,
+//! newest first) and its event log (the same JSON the WebSocket sends).
+
+use std::collections::BTreeMap;
+
+use axum::{extract::State, http::StatusCode};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{
+    commissions::{self, Commission},
+    error::{on_constraint, Error, Result},
+    extractor::{Caller, Json, Path, Query},
+    money::Rate,
+};
+use crate::{events::EventLog, startup::AppState};
+
+/// A partner's totals in one currency.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Totals {
+    #[schema(example = "2.00")]
+    pub earned: String,
+    pub pending: String,
+    pub paid: String,
+    pub reversed: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Partner {
+    pub id: i64,
+    pub name: String,
+    /// Share of each verified payment, a decimal string from "0" to "1".
+    #[schema(example = "0.02")]
+    pub commission_rate: String,
+    /// The partner's latest event seq (0 before the first); resume the socket from here.
+    pub last_seq: i64,
+    /// Per currency: `{"NGN": {"earned": "2.00", ...}}`.
+    pub totals: BTreeMap<String, Totals>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPartner {
+    #[schema(example = "Acme Ltd")]
+    pub name: String,
+    /// Defaults to "0.02".
+    #[schema(value_type = Option<String>, example = "0.025")]
+    pub commission_rate: Option<Rate>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerChange {
+    pub name: Option<String>,
+    /// Applies to payments verified from now on.
+    #[schema(value_type = Option<String>, example = "0.03")]
+    pub commission_rate: Option<Rate>,
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if (1..=200).contains(&name.trim().chars().count()) {
+        Ok(())
+    } else {
+        Err(Error::Unprocessable(
+            "name must have 1 to 200 characters, not only spaces".into(),
+        ))
+    }
+}
+
+fn rate_violation(error: sqlx::Error) -> Error {
+    on_constraint(error, "partners_commission_rate_range", |_| {
+        Error::Unprocessable("commission_rate must be from 0 to 1".into())
+    })
+}
+
+async fn fetch_partner(db: &sqlx::PgPool, id: i64) -> Result<Partner> {
+    let row = sqlx::query!(
+        r#"SELECT p.id, p.name, trim_scale(p.commission_rate)::text AS "commission_rate!", p.last_seq, p.created_at,
+                  coalesce((SELECT jsonb_object_agg(b.currency, partner_totals_json(p.id, b.currency) -> b.currency::text)
+                              FROM partner_balances b WHERE b.partner_id = p.id), '{}') AS "totals!"
+             FROM partners p WHERE p.id = $1"#,
+        id
+    )
+    .fetch_optional(db)
+    .await?
+    .ok_or_else(|| Error::NotFound(format!("partner {id} does not exist")))?;
+    Ok(Partner {
+        id: row.id,
+        name: row.name,
+        commission_rate: row.commission_rate,
+        last_seq: row.last_seq,
+        totals: serde_json::from_value(row.totals).map_err(|e| Error::Internal(e.into()))?,
+        created_at: row.created_at,
+    })
+}
+
+/// Create a partner.
+#[utoipa::path(post, path = "/api/partners", tag = "partners", request_body = NewPartner,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the stored response for the same body")),
+    responses((status = 201, body = Partner), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
+              (status = 422, body = super::error::Problem)),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(caller = %caller.claims().sub))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(new): Json<NewPartner>,
+) -> Result<(StatusCode, Json<Partner>)> {
+    caller.require_admin()?;
+    check_name(&new.name)?;
+    let id = sqlx::query_scalar!(
+        "INSERT INTO partners (name, commission_rate) VALUES ($1, coalesce($2, 0.02)) RETURNING id",
+        new.name.trim(),
+        new.commission_rate.map(|r| r.0)
+    )
+    .fetch_one(&state.db)
+    .await
+    .map_err(rate_violation)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(fetch_partner(&state.db, id).await?),
+    ))
+}
+
+/// A partner with its totals per currency and its latest event seq.
+#[utoipa::path(get, path = "/api/partners/{id}", tag = "partners", params(("id" = i64, Path)),
+    responses((status = 200, body = Partner), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
+              (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(caller = %caller.claims().sub, partner_id = id))]
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Partner>> {
+    caller.require_partner_access(id)?;
+    Ok(Json(fetch_partner(&state.db, id).await?))
+}
+
+/// Rename a partner or change its rate (applies to payments verified afterwards).
+#[utoipa::path(patch, path = "/api/partners/{id}", tag = "partners", params(("id" = i64, Path)), request_body = PartnerChange,
+    responses((status = 200, body = Partner), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
+              (status = 404, body = super::error::Problem), (status = 422, body = super::error::Problem)),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(caller = %caller.claims().sub, partner_id = id))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    Json(change): Json<PartnerChange>,
+) -> Result<Json<Partner>> {
+    caller.require_admin()?;
+    if let Some(name) = &change.name {
+        check_name(name)?;
+    }
+    let updated = sqlx::query_scalar!(
+        "UPDATE partners SET name = coalesce($2, name), commission_rate = coalesce($3, commission_rate) WHERE id = $1 RETURNING id",
+        id,
+        change.name.as_deref().map(str::trim),
+        change.commission_rate.map(|r| r.0)
+    )
+    .fetch_optional(&state.db)
+    .await
+    .map_err(rate_violation)?;
+    if updated.is_none() {
+        return Err(Error::NotFound(format!("partner {id} does not exist")));
+    }
+    Ok(Json(fetch_partner(&state.db, id).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Entries per page, 1 to 100 (default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommissionPage {
+    pub items: Vec<Commission>,
+    /// Pass as `cursor` for the next (older) page; null on the last page.
+    pub next_cursor: Option<i64>,
+}
+
+fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(Error::Unprocessable(format!(
+            "limit must be from 1 to {max}"
+        )))
+    }
+}
+
+/// The partner's ledger, newest first, in keyset pages.
+#[utoipa::path(get, path = "/api/partners/{id}/commissions", tag = "partners", params(("id" = i64, Path), PageQuery),
+    responses((status = 200, body = CommissionPage), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
+              (status = 404, body = super::error::Problem), (status = 422, body = super::error::Problem)),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(caller = %caller.claims().sub, partner_id = id))]
+pub async fn commissions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    Query(page): Query<PageQuery>,
+) -> Result<Json<CommissionPage>> {
+    caller.require_partner_access(id)?;
+    let limit = page_limit(page.limit, 50, 100)?;
+    if page.cursor.is_some_and(|c| c < 1) {
+        return Err(Error::Unprocessable(
+            "cursor must be a positive id from next_cursor".into(),
+        ));
+    }
+    require_partner(&state, id).await?;
+    let filter = commissions::Filter {
+        partner_id: Some(id),
+        before: page.cursor,
+        ..Default::default()
+    };
+    // One extra row says whether another page follows.
+    let mut items = commissions::list(&state.db, filter, limit + 1).await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|c| c.id)
+    } else {
+        None
+    };
+    Ok(Json(CommissionPage { items, next_cursor }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// The last seq already seen (default 0: from the start).
+    pub since: Option<i64>,
+    /// Events per page, 1 to 1000 (default 100).
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    pub partner_id: i64,
+    /// The partner's latest seq now; more events follow if it exceeds the last returned.
+    pub last_seq: i64,
+    /// Each exactly the JSON the WebSocket sends.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Box<RawValue>>,
+}
+
+/// The partner's event log after `since`, oldest first.
+#[utoipa::path(get, path = "/api/partners/{id}/events", tag = "partners", params(("id" = i64, Path), EventsQuery),
+    responses((status = 200, body = EventPage), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
+              (status = 404, body = super::error::Problem), (status = 422, body = super::error::Problem)),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(caller = %caller.claims().sub, partner_id = id))]
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Json<EventPage>> {
+    caller.require_partner_access(id)?;
+    let limit = page_limit(query.limit, 100, 1000)?;
+    let since = query.since.unwrap_or(0);
+    if since < 0 {
+        return Err(Error::Unprocessable(
+            "since must be a seq, 0 or more".into(),
+        ));
+    }
+    let log = EventLog::new(state.db.clone());
+    // Read the head first: every event up to it is committed, so a client
+    // that pages until last_seq misses nothing.
+    let last_seq = log
+        .partner_last_seq(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("partner {id} does not exist")))?;
+    let events = log
+        .partner_since(id, since, limit)
+        .await?
+        .into_iter()
+        .map(|e| RawValue::from_string(e.json))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Internal(e.into()))?;
+    Ok(Json(EventPage {
+        partner_id: id,
+        last_seq,
+        events,
+    }))
+}
+
+async fn require_partner(state: &AppState, id: i64) -> Result<()> {
+    let exists = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM partners WHERE id = $1) AS "exists!""#,
+        id
+    )
+    .fetch_one(&state.db)
+    .await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(Error::NotFound(format!("partner {id} does not exist")))
+    }
+}
