@@ -24,7 +24,7 @@ pub enum Command {
     /// Run the HTTP and WebSocket service.
     Serve(ServeConfig),
     /// Migrate, create "Demo Partner", print dashboard links with tokens, then serve.
-    Demo(DemoConfig),
+    Demo(ServeConfig),
     /// Record a pending payment for a partner and verify it, printing the commission.
     SimulatePayment(SimulatePaymentConfig),
     /// Mint a JWT for local use (curl, the dashboard) and print it.
@@ -82,18 +82,6 @@ pub struct ServeConfig {
     /// Paystack secret key, which signs its webhooks. Unset: Paystack webhooks are refused.
     #[arg(long, env = "PAYSTACK_SECRET_KEY", hide_env_values = true)]
     pub paystack_secret_key: Option<Secret>,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct DemoConfig {
-    #[command(flatten)]
-    pub database: DatabaseConfig,
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:5000")]
-    pub bind_addr: SocketAddr,
-    /// HS256 key for the printed tokens. Unset: a random key for this run only.
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 
 use crate::{
     auth::{self, Claims, Role},
-    config::{DemoConfig, ServeConfig, SimulatePaymentConfig},
+    config::{ServeConfig, SimulatePaymentConfig},
     db, startup,
 };
 
@@ -24,28 +24,12 @@ pub const DEMO_PARTNER: &str = "Demo Partner";
 /// How long the printed tokens stay valid.
 const TOKEN_LIFETIME: chrono::Duration = chrono::Duration::hours(24);
 
-pub async fn demo(config: DemoConfig) -> anyhow::Result<()> {
-    let database_url = config.database.database_url.expose().to_owned();
-    db::migrate(&database_url)
+pub async fn demo(config: ServeConfig) -> anyhow::Result<()> {
+    db::migrate(config.database.database_url.expose())
         .await
         .context("cannot migrate the database")?;
-    let jwt_secret = config.jwt_secret.clone().unwrap_or_else(|| {
-        // Tokens signed with it die with this process, which suits a demo.
-        tracing::warn!("JWT_SECRET is not set: using a random one for this run");
-        crate::config::Secret::new(format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        ))
-    });
-    let serve = ServeConfig {
-        database: config.database,
-        bind_addr: config.bind_addr,
-        jwt_secret: jwt_secret.clone(),
-        stripe_webhook_secret: None,
-        paystack_secret_key: None,
-    };
-    let app = startup::Application::build(serve).await?;
+    let jwt_secret = config.jwt_secret.clone();
+    let app = startup::Application::build(config).await?;
     let partner_id = demo_partner(&app.state().db).await?;
 
     let expires = (chrono::Utc::now() + TOKEN_LIFETIME).timestamp();
