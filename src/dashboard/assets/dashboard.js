@@ -188,8 +188,9 @@ function applyTotals(partnerId, totals, highlight) {
       const el = card.querySelector(`[data-field="${field}"]`);
       const text = money(values[field]); // the card's badge names the currency
       if (el.textContent !== text) {
+        const first = el.textContent === '–';
         el.textContent = text;
-        if (highlight) flash(el);
+        if (highlight && !first) flash(el); // flash changes, not a card's first values
       }
     }
   }
