@@ -37,10 +37,12 @@ const WAIT = { timeout: 45_000 };
 // ---- the server, the database, tokens ----
 
 let server = null;
+// Whatever happens to this process, the server it started goes with it.
+process.on('exit', () => server?.child.kill('SIGKILL'));
 
 async function startServer() {
   const child = spawn(BIN, ['serve'], {
-    env: { ...process.env, DATABASE_URL, JWT_SECRET, BIND_ADDR: `127.0.0.1:${PORT}`, RUST_LOG: process.env.RUST_LOG || 'info' },
+    env: { ...process.env, DATABASE_URL, JWT_SECRET, BIND_ADDR: `127.0.0.1:${PORT}`, RUST_LOG: process.env.RUST_LOG || 'warn' },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   const exited = new Promise((resolve) => child.once('exit', resolve));
