@@ -100,7 +100,8 @@ export class CommissionsClient extends EventTarget {
     this.replayLeft = 0;
     this.stopped = true;
     this.onOnline = () => {
-      if (this.state === 'reconnecting') this.connectNow();
+      // Waiting out a backoff delay (no socket open): try at once.
+      if (this.state === 'reconnecting' && !this.socket) this.connectNow();
     };
   }
 
