@@ -25,6 +25,8 @@ pub mod money;
 mod notifications;
 /// `/openapi.json`.
 pub mod openapi;
+/// Keyset pages: limits, cursors, `next_cursor`.
+mod pagination;
 /// `/api/partners/...`: partners, their ledger and event log.
 mod partners;
 /// `/api/payments/...`: record, verify and refund by hand.
