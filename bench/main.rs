@@ -84,6 +84,10 @@ pub struct Args {
     pub resume_events: usize,
     #[arg(long, default_value_t = 1500)]
     pub kill_every_ms: u64,
+    /// synchronous_commit for the bench database (ceiling and service alike). `off` measures the
+    /// notify lock and the engine rather than this machine's fsync latency; `on` is the durable default.
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    pub synchronous_commit: String,
     /// Where the JSON results go.
     #[arg(long, default_value = "bench/results")]
     pub out: PathBuf,
@@ -115,7 +119,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let bench_db = node::BenchDatabase::create(&args.database_url).await?;
+    let bench_db = node::BenchDatabase::create(&args.database_url, &args.synchronous_commit).await?;
     let mut report = report::Report::new(&args);
     let result = run_scenarios(&args, &bench_db, &mut report).await;
     report.print();

@@ -20,10 +20,14 @@ pub struct BenchDatabase {
 }
 
 impl BenchDatabase {
-    pub async fn create(admin_url: &str) -> anyhow::Result<Self> {
+    pub async fn create(admin_url: &str, synchronous_commit: &str) -> anyhow::Result<Self> {
         let name = format!("commissions_bench_{}", std::process::id());
         let admin = connect(admin_url).await.context("DATABASE_URL reaches no PostgreSQL")?;
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name}")).await?;
+        // Two statements, two round trips: a multi-statement string is one implicit transaction.
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+        // Every session of this database, the ceiling's and the nodes', commits the same way.
+        admin.batch_execute(&format!("ALTER DATABASE {name} SET synchronous_commit = {synchronous_commit}")).await?;
         let base = admin_url.split('?').next().unwrap_or(admin_url);
         let url = format!("{}/{name}", base.rsplit_once('/').map(|(s, _)| s).unwrap_or(base));
         commissions::db::migrate(&url).await?;

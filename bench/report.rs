@@ -16,6 +16,7 @@ pub struct Report {
     pub machine: String,
     pub args: String,
     pub ceiling: Option<f64>,
+    pub synchronous_commit: String,
     pub loads: Vec<LoadRow>,
     pub resume: Option<ResumeRow>,
     pub idle: Vec<IdleRow>,
@@ -85,11 +86,12 @@ fn machine() -> String {
 }
 
 impl Report {
-    pub fn new(_args: &Args) -> Self {
+    pub fn new(args: &Args) -> Self {
         Self {
             machine: machine(),
             args: std::env::args().skip(1).filter(|a| a != "--bench").collect::<Vec<_>>().join(" "),
             ceiling: None,
+            synchronous_commit: args.synchronous_commit.clone(),
             loads: Vec::new(),
             resume: None,
             idle: Vec::new(),
@@ -99,7 +101,10 @@ impl Report {
     pub fn print(&self) {
         println!("\n## Run: {}\n\nmachine: {}\n", if self.args.is_empty() { "(defaults)" } else { &self.args }, self.machine);
         if let Some(c) = self.ceiling {
-            println!("PostgreSQL ceiling (insert + pg_notify per transaction): **{c:.0} commits/s**\n");
+            println!(
+                "PostgreSQL ceiling (insert + pg_notify per transaction, synchronous_commit = {}): **{c:.0} commits/s**\n",
+                self.synchronous_commit
+            );
         }
         if !self.loads.is_empty() {
             println!("| scenario | nodes | sockets | target/s | payments/s | share of ceiling | events delivered/s | p50 ms | p90 ms | p99 ms | max ms | lost | dup | failed req | closed early | listener kills | server CPU % | server peak RSS MiB |");

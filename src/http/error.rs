@@ -37,6 +37,9 @@ pub enum Error {
     UnsupportedMediaType(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The request ran past the server's deadline.
+    #[error("{0}")]
+    Timeout(String),
     #[error("{0}")]
     TooManyRequests(String),
     #[error("{0}")]
@@ -87,6 +90,7 @@ impl Error {
             Error::InvalidSignature(_) => StatusCode::BAD_REQUEST,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -104,6 +108,7 @@ impl Error {
             Error::InvalidSignature(_) => "invalid-signature",
             Error::UnsupportedMediaType(_) => "unsupported-media-type",
             Error::PayloadTooLarge(_) => "payload-too-large",
+            Error::Timeout(_) => "timeout",
             Error::TooManyRequests(_) => "too-many-requests",
             Error::Unavailable(_) => "unavailable",
             Error::Database(_) | Error::Internal(_) => "internal",

@@ -30,7 +30,8 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// `GET /metrics`, in the Prometheus text format.
+/// Prometheus metrics, in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn render() -> impl IntoResponse {
     let handle = handle();
     handle.run_upkeep();

@@ -25,6 +25,8 @@ pub mod money;
 mod notifications;
 /// `/openapi.json`.
 pub mod openapi;
+/// Keyset pages: limits, cursors, `next_cursor`.
+mod pagination;
 /// `/api/partners/...`: partners, their ledger and event log.
 mod partners;
 /// `/api/payments/...`: record, verify and refund by hand.
@@ -44,7 +46,6 @@ use axum::{
 };
 use tower_http::{
     sensitive_headers::SetSensitiveRequestHeadersLayer,
-    timeout::TimeoutLayer,
     trace::{DefaultOnResponse, TraceLayer},
 };
 
@@ -85,7 +86,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(refuse_oversized))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(middleware::from_fn(deadline))
         .layer(middleware::from_fn(metrics::track))
         .layer(
             TraceLayer::new_for_http()
@@ -100,6 +101,24 @@ pub fn router(state: AppState) -> Router {
                 .chain(once(header::COOKIE)),
         ))
         .with_state(state)
+}
+
+/// How long a request may take before it is answered with a 408 problem. A
+/// WebSocket is not held to it: its handler returns once the upgrade is set up.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// tower-http's `TimeoutLayer` answers with an empty body; this answers with
+/// a problem like every other error. The request's future is dropped, which
+/// rolls back any transaction it had open.
+async fn deadline(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error::Error::Timeout(format!(
+            "the request took longer than {} s",
+            REQUEST_TIMEOUT.as_secs()
+        ))
+        .into_response(),
+    }
 }
 
 /// Refuses a body declared larger than [`MAX_BODY_BYTES`] before reading any

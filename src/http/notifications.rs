@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{
     error::{Error, Result},
     extractor::{Caller, Json, Path, Query},
+    pagination,
 };
 use crate::startup::AppState;
 
@@ -66,11 +67,9 @@ pub async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<Json<NotificationPage>> {
     let partner_id = scope(&caller, query.partner_id)?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=100).contains(&limit) {
-        return Err(Error::Unprocessable("limit must be from 1 to 100".into()));
-    }
-    let mut items = sqlx::query_as!(
+    let limit = pagination::limit(query.limit, 50, 100)?;
+    let before = pagination::cursor(query.cursor)?;
+    let rows = sqlx::query_as!(
         Notification,
         "SELECT id, partner_id, event_position, title, body, read_at, created_at
            FROM notifications
@@ -81,17 +80,12 @@ pub async fn list(
           LIMIT $4",
         partner_id,
         query.unread,
-        query.cursor,
+        before,
         limit + 1
     )
     .fetch_all(&state.db)
     .await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|n| n.id)
-    } else {
-        None
-    };
+    let (items, next_cursor) = pagination::split(rows, limit, |n| n.id);
     Ok(Json(NotificationPage { items, next_cursor }))
 }
 

@@ -7,7 +7,7 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{commissions, error, notifications, partners, payments, webhooks};
+use super::{commissions, error, health, metrics, notifications, partners, payments, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use super::{commissions, error, notifications, partners, payments, webhooks};
         payments::create, payments::verify, payments::refund,
         notifications::list, notifications::mark_read,
         webhooks::stripe::receive, webhooks::paystack::receive,
+        health::healthz, health::readyz, metrics::render, document,
     ),
     components(schemas(error::Problem, commissions::Commission, partners::Totals)),
     modifiers(&BearerAuth),
@@ -40,6 +41,8 @@ impl Modify for BearerAuth {
     }
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, body = Object)))]
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }

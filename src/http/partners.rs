@@ -15,6 +15,7 @@ use super::{
     error::{on_constraint, Error, Result},
     extractor::{Caller, Json, Path, Query},
     money::Rate,
+    pagination,
 };
 use crate::{events::EventLog, startup::AppState};
 
@@ -188,17 +189,6 @@ pub struct CommissionPage {
     pub next_cursor: Option<i64>,
 }
 
-fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64> {
-    let limit = limit.unwrap_or(default);
-    if (1..=max).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(Error::Unprocessable(format!(
-            "limit must be from 1 to {max}"
-        )))
-    }
-}
-
 /// The partner's ledger, newest first, in keyset pages.
 #[utoipa::path(get, path = "/api/partners/{id}/commissions", tag = "partners", params(("id" = i64, Path), PageQuery),
     responses((status = 200, body = CommissionPage), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
@@ -212,26 +202,16 @@ pub async fn commissions(
     Query(page): Query<PageQuery>,
 ) -> Result<Json<CommissionPage>> {
     caller.require_partner_access(id)?;
-    let limit = page_limit(page.limit, 50, 100)?;
-    if page.cursor.is_some_and(|c| c < 1) {
-        return Err(Error::Unprocessable(
-            "cursor must be a positive id from next_cursor".into(),
-        ));
-    }
+    let limit = pagination::limit(page.limit, 50, 100)?;
+    let before = pagination::cursor(page.cursor)?;
     require_partner(&state, id).await?;
     let filter = commissions::Filter {
         partner_id: Some(id),
-        before: page.cursor,
+        before,
         ..Default::default()
     };
-    // One extra row says whether another page follows.
-    let mut items = commissions::list(&state.db, filter, limit + 1).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|c| c.id)
-    } else {
-        None
-    };
+    let rows = commissions::list(&state.db, filter, limit + 1).await?;
+    let (items, next_cursor) = pagination::split(rows, limit, |c| c.id);
     Ok(Json(CommissionPage { items, next_cursor }))
 }
 
@@ -267,7 +247,7 @@ pub async fn events(
     Query(query): Query<EventsQuery>,
 ) -> Result<Json<EventPage>> {
     caller.require_partner_access(id)?;
-    let limit = page_limit(query.limit, 100, 1000)?;
+    let limit = pagination::limit(query.limit, 100, 1000)?;
     let since = query.since.unwrap_or(0);
     if since < 0 {
         return Err(Error::Unprocessable(

@@ -127,6 +127,16 @@ async fn bad_partner_input_is_422_and_writes_nothing() {
             "{body}: {body_problem}"
         );
     }
+    let malformed = app
+        .http
+        .post(app.url("/api/partners"))
+        .bearer_auth(&admin)
+        .header("Content-Type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
+    problem(malformed, 400, "bad-request").await;
     assert_eq!(app.count("SELECT count(*) FROM partners").await, 0);
 
     let id = create_partner(&app.db.pool, "Acme", None).await;

@@ -153,6 +153,13 @@ async fn illegal_transitions_unknown_and_malformed_ids() {
     )
     .await;
     problem(
+        app.post_as(&admin, "/api/payments/424242/refund", &json!({}))
+            .await,
+        404,
+        "not-found",
+    )
+    .await;
+    problem(
         app.post_as(&admin, "/api/payments/abc/verify", &json!({}))
             .await,
         400,

@@ -63,6 +63,10 @@ async fn the_openapi_document_describes_every_endpoint() {
         ("/api/notifications/{id}/read", "post"),
         ("/webhooks/stripe", "post"),
         ("/webhooks/paystack", "post"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),

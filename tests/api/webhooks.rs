@@ -420,3 +420,41 @@ async fn an_unconfigured_webhook_is_503_and_a_huge_body_413() {
     problem(app.paystack(&huge).await, 413, "payload-too-large").await;
     nothing_written(&app).await;
 }
+
+#[tokio::test]
+async fn redeliveries_spread_over_two_nodes_count_once() {
+    let app = spawn_app().await;
+    // A second node on the same database, as behind a load balancer.
+    let second = commissions::startup::Application::build(serve_config(&app.db.url))
+        .await
+        .unwrap();
+    let second_base = format!("http://{}", second.local_addr());
+    let node = tokio::spawn(second.run_until(std::future::pending()));
+
+    let partner = create_partner(&app.db.pool, "Acme", None).await;
+    let body = paystack_charge("T-two-nodes", 300_000, json!({"partner_id": partner}));
+    let signature = paystack_signature(PAYSTACK_SECRET, &body);
+    let sends = (0..20).map(|i| {
+        let base = if i % 2 == 0 {
+            app.base.clone()
+        } else {
+            second_base.clone()
+        };
+        let request = app
+            .http
+            .post(format!("{base}/webhooks/paystack"))
+            .header("x-paystack-signature", &signature)
+            .body(body.clone());
+        async move { request.send().await.unwrap() }
+    });
+    let mut verified = 0;
+    for response in join_all(sends).await {
+        if json(response, 200).await["outcome"] == "verified" {
+            verified += 1;
+        }
+    }
+    node.abort();
+    assert_eq!(verified, 1);
+    assert_eq!(app.count("SELECT count(*) FROM payments").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM commissions").await, 1);
+}
