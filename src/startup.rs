@@ -2,18 +2,23 @@
 //! before serving, so callers (tests included) can bind port 0 and learn the
 //! real address first.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::{config::ServeConfig, db, http};
+use crate::{config::ServeConfig, db, http, realtime::Relay};
+
+/// How long shutdown waits for the sockets to close.
+const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything a request handler may need. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub db: sqlx::PgPool,
     pub config: Arc<ServeConfig>,
+    /// The node's WebSocket relay (LISTEN connection and rooms).
+    pub relay: Relay,
 }
 
 pub struct Application {
@@ -29,7 +34,8 @@ impl Application {
         let db = db::connect_pool(config.database.database_url.expose(), config.database.db_max_connections)
             .await
             .context("cannot connect to PostgreSQL")?;
-        let state = AppState { db, config: Arc::new(config) };
+        let relay = Relay::start(config.database.database_url.expose(), db.clone(), config.realtime.clone());
+        let state = AppState { db, config: Arc::new(config), relay };
         Ok(Self { listener, state })
     }
 
@@ -42,7 +48,14 @@ impl Application {
     }
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let relay = self.state.relay.clone();
         let router = http::router(self.state);
+        // Upgraded sockets outlive their HTTP connection, so the relay closes
+        // them itself (1001) before the server waits for connections to end.
+        let shutdown = async move {
+            shutdown.await;
+            relay.shutdown(SOCKET_CLOSE_GRACE).await;
+        };
         axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use commissions::{
-    config::{DatabaseConfig, Secret, ServeConfig},
+    config::{DatabaseConfig, RealtimeConfig, Secret, ServeConfig},
     db,
     startup::Application,
 };
@@ -121,6 +121,13 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         jwt_secret: Secret::new(JWT_SECRET),
         stripe_webhook_secret: Some(Secret::new(STRIPE_SECRET)),
         paystack_secret_key: Some(Secret::new(PAYSTACK_SECRET)),
+        realtime: RealtimeConfig {
+            ws_send_queue: 256,
+            ws_ping_interval_ms: 20_000,
+            ws_heartbeat_timeout_ms: 45_000,
+            ws_max_sockets_per_user: 1_000,
+            ws_handshakes_per_second_per_ip: 100_000,
+        },
     }
 }
 
