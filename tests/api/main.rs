@@ -5,3 +5,4 @@ mod helpers;
 
 mod engine;
 mod migrate;
+mod realtime;
