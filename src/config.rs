@@ -7,7 +7,11 @@ use std::{fmt, net::SocketAddr, str::FromStr};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "commissions", version, about = "Real-time partner commissions on PostgreSQL")]
+#[command(
+    name = "commissions",
+    version,
+    about = "Real-time partner commissions on PostgreSQL"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -69,6 +73,11 @@ pub struct RealtimeConfig {
     /// WebSocket handshakes one client IP may attempt per second on this node; more are refused with 429.
     #[arg(long, env = "WS_HANDSHAKES_PER_SECOND_PER_IP", default_value_t = 50)]
     pub ws_handshakes_per_second_per_ip: u32,
+    /// SO_SNDBUF of every accepted connection, in bytes (the kernel doubles it). It caps
+    /// the kernel memory a client that stops reading can pin (autotuning would let it
+    /// grow to net.ipv4.tcp_wmem's maximum, 4 MiB by default); 0 keeps autotuning.
+    #[arg(long, env = "TCP_SEND_BUFFER_BYTES", default_value_t = 131_072)]
+    pub tcp_send_buffer_bytes: usize,
 }
 
 /// A secret string. Its `Debug` and `Display` print `[redacted]`; read it

@@ -128,13 +128,18 @@ struct Coordinates {
 
 impl Hub {
     pub fn new(listener: mpsc::UnboundedSender<Command>) -> Self {
-        Self { rooms: Mutex::default(), listener }
+        Self {
+            rooms: Mutex::default(),
+            listener,
+        }
     }
 
     fn rooms(&self) -> MutexGuard<'_, Rooms> {
         // A panic while holding the lock leaves the maps consistent (every
         // change is a single insert or remove), so poisoning is ignored.
-        self.rooms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.rooms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Seats a socket in its room. The returned receiver resolves once this
@@ -161,7 +166,14 @@ impl Hub {
         // Queued behind the LISTEN (ours or the one a previous member caused).
         let _ = self.listener.send(Command::Confirm(confirmed));
         drop(rooms);
-        (Membership { hub: self.clone(), key, id }, on_confirmed)
+        (
+            Membership {
+                hub: self.clone(),
+                key,
+                id,
+            },
+            on_confirmed,
+        )
     }
 
     /// Idempotent: a member may already have been dropped for being slow.
@@ -171,7 +183,9 @@ impl Hub {
     }
 
     fn remove(&self, rooms: &mut Rooms, key: RoomKey, id: u64) {
-        let Some(members) = rooms.members_mut(key) else { return };
+        let Some(members) = rooms.members_mut(key) else {
+            return;
+        };
         if members.remove(&id).is_none() || !members.is_empty() {
             return;
         }
@@ -186,7 +200,13 @@ impl Hub {
     pub fn channels(&self) -> Vec<String> {
         let rooms = self.rooms();
         let admin = (!rooms.admin.members.is_empty()).then_some(RoomKey::Admin);
-        rooms.partners.keys().map(|&id| RoomKey::Partner(id)).chain(admin).map(RoomKey::channel).collect()
+        rooms
+            .partners
+            .keys()
+            .map(|&id| RoomKey::Partner(id))
+            .chain(admin)
+            .map(RoomKey::channel)
+            .collect()
     }
 
     /// Routes one notification to the room of the channel it came on.
@@ -203,7 +223,11 @@ impl Hub {
             return;
         };
         if matches!(key, RoomKey::Partner(id) if id != at.partner_id) {
-            tracing::warn!(channel, partner_id = at.partner_id, "ignoring an event sent on another partner's channel");
+            tracing::warn!(
+                channel,
+                partner_id = at.partner_id,
+                "ignoring an event sent on another partner's channel"
+            );
             return;
         }
         let event = Arc::new(LiveEvent {
@@ -219,7 +243,12 @@ impl Hub {
     pub fn resync(&self) {
         let keys: Vec<RoomKey> = {
             let rooms = self.rooms();
-            rooms.partners.keys().map(|&id| RoomKey::Partner(id)).chain([RoomKey::Admin]).collect()
+            rooms
+                .partners
+                .keys()
+                .map(|&id| RoomKey::Partner(id))
+                .chain([RoomKey::Admin])
+                .collect()
         };
         for key in keys {
             self.deliver(key, &Notice::Resync);
@@ -228,7 +257,9 @@ impl Hub {
 
     fn deliver(&self, key: RoomKey, notice: &Notice) {
         let mut rooms = self.rooms();
-        let Some(members) = rooms.members_mut(key) else { return };
+        let Some(members) = rooms.members_mut(key) else {
+            return;
+        };
         let mut gone = Vec::new();
         for (&id, member) in members.iter() {
             match member.inbox.try_send(notice.clone()) {
@@ -249,6 +280,11 @@ impl Hub {
     /// Sockets seated on this node, for metrics and tests.
     pub fn socket_count(&self) -> usize {
         let rooms = self.rooms();
-        rooms.admin.members.len() + rooms.partners.values().map(|room| room.members.len()).sum::<usize>()
+        rooms.admin.members.len()
+            + rooms
+                .partners
+                .values()
+                .map(|room| room.members.len())
+                .sum::<usize>()
     }
 }

@@ -95,7 +95,11 @@ pub async fn run(
                 continue;
             }
         };
-        let relisten: String = hub.channels().iter().map(|c| format!("LISTEN \"{c}\";")).collect();
+        let relisten: String = hub
+            .channels()
+            .iter()
+            .map(|c| format!("LISTEN \"{c}\";"))
+            .collect();
         if let Err(e) = client.batch_execute(&relisten).await {
             tracing::warn!(error = %e, "re-LISTEN failed");
             if sleep_or_shutdown(backoff, &mut shutdown).await {

@@ -80,7 +80,12 @@ impl Relay {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub::new(commands));
         let (shutdown, shutdown_rx) = watch::channel(false);
-        tokio::spawn(listener::run(database_url.to_owned(), hub.clone(), commands_rx, shutdown_rx));
+        tokio::spawn(listener::run(
+            database_url.to_owned(),
+            hub.clone(),
+            commands_rx,
+            shutdown_rx,
+        ));
         Self {
             inner: Arc::new(Inner {
                 hub,
@@ -89,7 +94,10 @@ impl Relay {
                 config,
                 shutdown,
                 users: Mutex::default(),
-                handshakes: Mutex::new(HandshakeWindow { started: Instant::now(), counts: HashMap::new() }),
+                handshakes: Mutex::new(HandshakeWindow {
+                    started: Instant::now(),
+                    counts: HashMap::new(),
+                }),
                 open: AtomicUsize::new(0),
                 all_closed: Notify::new(),
             }),
@@ -110,7 +118,10 @@ impl Relay {
             }
         };
         if tokio::time::timeout(grace, wait).await.is_err() {
-            tracing::warn!(open = self.open_sockets(), "sockets still open after the shutdown grace period");
+            tracing::warn!(
+                open = self.open_sockets(),
+                "sockets still open after the shutdown grace period"
+            );
         }
     }
 
@@ -124,7 +135,11 @@ impl Relay {
 
     /// Counts a handshake from `ip`; false once the IP is over its budget for this second.
     fn allow_handshake(&self, ip: IpAddr) -> bool {
-        let mut window = self.inner.handshakes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut window = self
+            .inner
+            .handshakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if window.started.elapsed() >= Duration::from_secs(1) {
             window.started = Instant::now();
             window.counts.clear();
@@ -144,7 +159,10 @@ impl Relay {
         *count += 1;
         self.inner.open.fetch_add(1, Ordering::AcqRel);
         metrics::gauge!("realtime_sockets").increment(1.0);
-        Some(UserSlot { relay: self.clone(), sub: sub.to_owned() })
+        Some(UserSlot {
+            relay: self.clone(),
+            sub: sub.to_owned(),
+        })
     }
 }
 

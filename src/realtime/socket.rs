@@ -25,7 +25,10 @@ use std::{
 use axum::{
     extract::{
         rejection::QueryRejection,
-        ws::{rejection::WebSocketUpgradeRejection, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+        ws::{
+            rejection::WebSocketUpgradeRejection, CloseFrame, Message, Utf8Bytes, WebSocket,
+            WebSocketUpgrade,
+        },
         ConnectInfo, Query, State,
     },
     http::{header, HeaderMap},
@@ -57,6 +60,8 @@ const REPLAY_PAGE: i64 = 500;
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a polite close may take (the slow-consumer close gets the heartbeat timeout).
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a socket whose input is unreadable stays open after its close frame.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
@@ -75,10 +80,14 @@ pub async fn notifications(
 ) -> Result<Response, Error> {
     let relay = state.relay.clone();
     if relay.is_shutting_down() {
-        return Err(Error::Unavailable("the server is shutting down; reconnect".into()));
+        return Err(Error::Unavailable(
+            "the server is shutting down; reconnect".into(),
+        ));
     }
     if !relay.allow_handshake(peer.ip()) {
-        return Err(Error::TooManyRequests("too many WebSocket handshakes from this address; slow down".into()));
+        return Err(Error::TooManyRequests(
+            "too many WebSocket handshakes from this address; slow down".into(),
+        ));
     }
     let Query(query) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
     let token = bearer_token(&query, &headers).ok_or_else(|| {
@@ -86,21 +95,37 @@ pub async fn notifications(
             "a token is required: ?token=, Authorization: Bearer <token>, or Sec-WebSocket-Protocol: bearer, <token>".into(),
         )
     })?;
-    let claims = auth::verify(token, state.config.jwt_secret.expose()).map_err(|e| Error::Unauthorized(e.to_string()))?;
+    let claims = auth::verify(token, state.config.jwt_secret.expose())
+        .map_err(|e| Error::Unauthorized(e.to_string()))?;
     let room = room_for(&claims, query.partner_id)?;
     if query.since.is_some_and(|since| since < 0) {
         return Err(Error::BadRequest("since must be 0 or more".into()));
     }
-    let upgrade = upgrade.map_err(|_| Error::BadRequest("GET /notifications must be a WebSocket upgrade".into()))?;
+    let upgrade = upgrade
+        .map_err(|_| Error::BadRequest("GET /notifications must be a WebSocket upgrade".into()))?;
     if let RoomKey::Partner(partner_id) = room {
-        if relay.inner.log.partner_last_seq(partner_id).await?.is_none() {
-            return Err(Error::NotFound(format!("partner {partner_id} does not exist")));
+        if relay
+            .inner
+            .log
+            .partner_last_seq(partner_id)
+            .await?
+            .is_none()
+        {
+            return Err(Error::NotFound(format!(
+                "partner {partner_id} does not exist"
+            )));
         }
     }
     let slot = relay
         .take_user_slot(&claims.sub)
         .ok_or_else(|| Error::TooManyRequests("too many open sockets for this user".into()))?;
-    let session = Session { relay, room, since: query.since, expires_at: expiry(claims.exp), _slot: slot };
+    let session = Session {
+        relay,
+        room,
+        since: query.since,
+        expires_at: expiry(claims.exp),
+        _slot: slot,
+    };
     Ok(upgrade
         .protocols(["bearer"])
         .read_buffer_size(MAX_CLIENT_MESSAGE)
@@ -115,7 +140,10 @@ fn bearer_token<'a>(query: &'a StreamQuery, headers: &'a HeaderMap) -> Option<&'
     if let Some(token) = query.token.as_deref() {
         return Some(token);
     }
-    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let (scheme, token) = value.split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
     }
@@ -134,7 +162,9 @@ fn room_for(claims: &Claims, partner_id: Option<i64>) -> Result<RoomKey, Error> 
     match (claims.role, partner_id) {
         (Role::Admin, None) => Ok(RoomKey::Admin),
         (_, Some(partner)) if claims.may_see_partner(partner) => Ok(RoomKey::Partner(partner)),
-        (_, Some(_)) => Err(Error::Forbidden("this token may not follow that partner".into())),
+        (_, Some(_)) => Err(Error::Forbidden(
+            "this token may not follow that partner".into(),
+        )),
         // auth::verify guarantees a partner token carries partner_id.
         (Role::Partner, None) => claims
             .partner_id
@@ -145,7 +175,10 @@ fn room_for(claims: &Claims, partner_id: Option<i64>) -> Result<RoomKey, Error> 
 
 /// The instant the token's `exp` (seconds since the epoch) passes.
 fn expiry(exp: i64) -> Instant {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
     let left_ms = exp.saturating_mul(1000).saturating_sub(now_ms).max(0);
     Instant::now() + Duration::from_millis(left_ms as u64)
 }
@@ -156,21 +189,52 @@ enum End {
     /// The peer closed or vanished: nothing more to say.
     Peer,
     /// We close, with an `error` message and a close frame.
-    Close { code: u16, error: &'static str, message: &'static str },
+    Close {
+        code: u16,
+        error: &'static str,
+        message: &'static str,
+    },
 }
 
 impl End {
     const fn close(code: u16, error: &'static str, message: &'static str) -> Self {
-        End::Close { code, error, message }
+        End::Close {
+            code,
+            error,
+            message,
+        }
     }
-    const GOING_AWAY: End = End::close(1001, "going_away", "the server is shutting down; reconnect with since");
-    const UNSUPPORTED: End =
-        End::close(1003, "unsupported_data", "the only client message is {\"type\":\"ping\"} as JSON text");
-    const TOO_BIG: End = End::close(1009, "message_too_big", "client messages are limited to 4 KiB");
-    const INTERNAL: End = End::close(1011, "internal", "the server could not serve this stream; reconnect with since");
-    const TOKEN_EXPIRED: End = End::close(4001, "token_expired", "the token has expired; reconnect with a new one");
+    const GOING_AWAY: End = End::close(
+        1001,
+        "going_away",
+        "the server is shutting down; reconnect with since",
+    );
+    const UNSUPPORTED: End = End::close(
+        1003,
+        "unsupported_data",
+        "the only client message is {\"type\":\"ping\"} as JSON text",
+    );
+    const TOO_BIG: End = End::close(
+        1009,
+        "message_too_big",
+        "client messages are limited to 4 KiB",
+    );
+    const INTERNAL: End = End::close(
+        1011,
+        "internal",
+        "the server could not serve this stream; reconnect with since",
+    );
+    const TOKEN_EXPIRED: End = End::close(
+        4001,
+        "token_expired",
+        "the token has expired; reconnect with a new one",
+    );
     const HEARTBEAT: End = End::close(4002, "heartbeat_timeout", "heartbeat timeout");
-    const TOO_SLOW: End = End::close(4008, "too_slow", "the send queue overflowed; reconnect with since");
+    const TOO_SLOW: End = End::close(
+        4008,
+        "too_slow",
+        "the send queue overflowed; reconnect with since",
+    );
 }
 
 fn internal(error: sqlx::Error) -> End {
@@ -192,7 +256,11 @@ impl Session {
         let config = &self.relay.inner.config;
         let (inbox_tx, inbox) = mpsc::channel(config.ws_send_queue.max(1));
         let kicked = Arc::new(Notify::new());
-        let (membership, confirmed) = self.relay.inner.hub.join(self.room, inbox_tx, kicked.clone());
+        let (membership, confirmed) =
+            self.relay
+                .inner
+                .hub
+                .join(self.room, inbox_tx, kicked.clone());
         let now = Instant::now();
         let mut stream = Stream {
             ws,
@@ -244,7 +312,12 @@ impl Stream {
     }
 
     /// Waits for the LISTEN, reads the head, sends `ready` and the replay.
-    async fn open(&mut self, confirmed: tokio::sync::oneshot::Receiver<()>, relay: &Relay, since: Option<i64>) -> Result<(), End> {
+    async fn open(
+        &mut self,
+        confirmed: tokio::sync::oneshot::Receiver<()>,
+        relay: &Relay,
+        since: Option<i64>,
+    ) -> Result<(), End> {
         if *self.shutdown.borrow_and_update() {
             return Err(End::GOING_AWAY);
         }
@@ -286,8 +359,10 @@ impl Stream {
                 .fetch_one(&relay.inner.db)
                 .await
                 .map_err(internal)?;
-                let ready =
-                    format!(r#"{{"type":"ready","room":"admin","position":{},"replay":{}}}"#, head.position, head.missed);
+                let ready = format!(
+                    r#"{{"type":"ready","room":"admin","position":{},"replay":{}}}"#,
+                    head.position, head.missed
+                );
                 (ready, head.position, head.missed)
             }
         };
@@ -303,7 +378,10 @@ impl Stream {
     /// Forwards live events until the socket ends.
     async fn live(&mut self) -> End {
         loop {
-            let deadline = self.next_ping.min(self.last_heard + self.heartbeat_timeout).min(self.expires_at);
+            let deadline = self
+                .next_ping
+                .min(self.last_heard + self.heartbeat_timeout)
+                .min(self.expires_at);
             let step = tokio::select! {
                 notice = self.inbox.recv() => match notice {
                     Some(Notice::Event(event)) => self.forward(&event).await,
@@ -344,7 +422,11 @@ impl Stream {
         let mut empty_reads = 0;
         loop {
             let page = match self.room {
-                RoomKey::Partner(partner_id) => self.log.partner_since(partner_id, self.last, REPLAY_PAGE).await,
+                RoomKey::Partner(partner_id) => {
+                    self.log
+                        .partner_since(partner_id, self.last, REPLAY_PAGE)
+                        .await
+                }
                 RoomKey::Admin => self.log.all_since(self.last, REPLAY_PAGE).await,
             }
             .map_err(internal)?;
@@ -353,14 +435,17 @@ impl Stream {
             for event in page {
                 let at = self.coordinate(event.seq, event.position);
                 if at > self.last {
-                    self.send(Message::Text(Utf8Bytes::from(event.json))).await?;
+                    self.send(Message::Text(Utf8Bytes::from(event.json)))
+                        .await?;
                     self.last = at;
                     metrics::counter!("realtime_events_replayed_total").increment(1);
                 }
             }
             while let Ok(notice) = self.inbox.try_recv() {
                 match notice {
-                    Notice::Event(event) => want = want.max(self.coordinate(event.seq, event.position)),
+                    Notice::Event(event) => {
+                        want = want.max(self.coordinate(event.seq, event.position))
+                    }
                     Notice::Resync => more = true,
                 }
             }
@@ -371,7 +456,11 @@ impl Stream {
                     // not finding it means something is badly off.
                     empty_reads += 1;
                     if empty_reads > 50 {
-                        tracing::error!(want, last = self.last, "realtime: a notified event is missing from the log");
+                        tracing::error!(
+                            want,
+                            last = self.last,
+                            "realtime: a notified event is missing from the log"
+                        );
                         return Err(End::INTERNAL);
                     }
                     sleep(Duration::from_millis(20)).await;
@@ -388,13 +477,19 @@ impl Stream {
             None => return Err(End::Peer),
             Some(Ok(message)) => message,
             Some(Err(e)) => {
-                let too_big = matches!(e.into_inner().downcast::<tungstenite::Error>().map(|e| *e), Ok(tungstenite::Error::Capacity(_)));
+                let too_big = matches!(
+                    e.into_inner().downcast::<tungstenite::Error>().map(|e| *e),
+                    Ok(tungstenite::Error::Capacity(_))
+                );
                 return Err(if too_big { End::TOO_BIG } else { End::Peer });
             }
         };
         self.last_heard = Instant::now();
         match message {
-            Message::Text(text) if is_ping(&text) => self.send(Message::Text(Utf8Bytes::from_static(r#"{"type":"pong"}"#))).await,
+            Message::Text(text) if is_ping(&text) => {
+                self.send(Message::Text(Utf8Bytes::from_static(r#"{"type":"pong"}"#)))
+                    .await
+            }
             Message::Text(_) | Message::Binary(_) => Err(End::UNSUPPORTED),
             Message::Ping(_) | Message::Pong(_) => Ok(()),
             Message::Close(_) => Err(End::Peer),
@@ -429,19 +524,41 @@ impl Stream {
     /// for the peer's close. A slow consumer gets the heartbeat timeout to
     /// drain what is queued before its close frame.
     async fn finish(mut self, end: End) {
-        let End::Close { code, error, message } = end else {
+        let End::Close {
+            code,
+            error,
+            message,
+        } = end
+        else {
             let _ = timeout(CLOSE_GRACE, SinkExt::close(&mut self.ws)).await;
             return;
         };
         if code == End::TOO_SLOW.code() {
             metrics::counter!("realtime_slow_consumers_closed_total").increment(1);
         }
-        let grace = if code == End::TOO_SLOW.code() { self.heartbeat_timeout } else { CLOSE_GRACE };
-        let error = serde_json::json!({ "type": "error", "code": error, "message": message }).to_string();
+        let grace = if code == End::TOO_SLOW.code() {
+            self.heartbeat_timeout
+        } else {
+            CLOSE_GRACE
+        };
+        let error =
+            serde_json::json!({ "type": "error", "code": error, "message": message }).to_string();
         let _ = timeout(grace, async {
             self.ws.send(Message::Text(error.into())).await?;
-            self.ws.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(message) }))).await?;
-            while let Some(Ok(_)) = self.ws.recv().await {}
+            self.ws
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(message),
+                })))
+                .await?;
+            if code == End::TOO_BIG.code() {
+                // The rest of the oversized frame is still unread, so closing the
+                // TCP socket now would send a reset that can destroy our close
+                // frame before the peer reads it: linger a little instead.
+                sleep(CLOSE_LINGER).await;
+            } else {
+                while let Some(Ok(_)) = self.ws.recv().await {}
+            }
             Ok::<_, axum::Error>(())
         })
         .await;

@@ -14,7 +14,9 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 
-use crate::helpers::{create_partner, create_payment, spawn_app, spawn_app_with, spawn_node, TestDatabase, JWT_SECRET};
+use crate::helpers::{
+    create_partner, create_payment, spawn_app, spawn_app_with, spawn_node, TestDatabase, JWT_SECRET,
+};
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -26,7 +28,12 @@ fn now() -> i64 {
 }
 
 fn partner_token(partner_id: i64) -> String {
-    token(Role::Partner, Some(partner_id), &format!("partner-user-{partner_id}"), now() + 3600)
+    token(
+        Role::Partner,
+        Some(partner_id),
+        &format!("partner-user-{partner_id}"),
+        now() + 3600,
+    )
 }
 
 fn admin_token() -> String {
@@ -34,7 +41,15 @@ fn admin_token() -> String {
 }
 
 fn token(role: Role, partner_id: Option<i64>, sub: &str, exp: i64) -> String {
-    mint(&Claims { sub: sub.into(), role, partner_id, exp }, JWT_SECRET)
+    mint(
+        &Claims {
+            sub: sub.into(),
+            role,
+            partner_id,
+            exp,
+        },
+        JWT_SECRET,
+    )
 }
 
 fn url(address: SocketAddr, query: &str) -> String {
@@ -56,11 +71,18 @@ async fn try_open(
 
 /// Opens a socket and returns it with its `ready` message.
 async fn open(address: SocketAddr, query: &str) -> (Ws, Value) {
-    let mut ws = try_open(address, url(address, query).into_client_request().unwrap(), None)
-        .await
-        .expect("the handshake succeeds");
+    let mut ws = try_open(
+        address,
+        url(address, query).into_client_request().unwrap(),
+        None,
+    )
+    .await
+    .expect("the handshake succeeds");
     let ready = next_message(&mut ws).await;
-    assert_eq!(ready["type"], "ready", "the first message is ready: {ready}");
+    assert_eq!(
+        ready["type"], "ready",
+        "the first message is ready: {ready}"
+    );
     (ws, ready)
 }
 
@@ -85,7 +107,10 @@ async fn events(ws: &mut Ws, n: usize) -> Vec<Value> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let message = next_message(ws).await;
-        assert!(message["type"].as_str().unwrap().starts_with("commission."), "an event, got {message}");
+        assert!(
+            message["type"].as_str().unwrap().starts_with("commission."),
+            "an event, got {message}"
+        );
         out.push(message);
     }
     out
@@ -100,7 +125,9 @@ async fn closed(ws: &mut Ws) -> (u16, Option<Value>, usize) {
     let mut error = None;
     let mut events_before = 0;
     loop {
-        let frame = timeout(PATIENCE, ws.next()).await.expect("a close before the patience runs out");
+        let frame = timeout(PATIENCE, ws.next())
+            .await
+            .expect("a close before the patience runs out");
         match frame {
             Some(Ok(Message::Text(text))) => {
                 let message: Value = serde_json::from_str(&text).unwrap();
@@ -110,7 +137,9 @@ async fn closed(ws: &mut Ws) -> (u16, Option<Value>, usize) {
                     events_before += 1;
                 }
             }
-            Some(Ok(Message::Close(Some(frame)))) => return (u16::from(frame.code), error, events_before),
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (u16::from(frame.code), error, events_before)
+            }
             Some(Ok(Message::Close(None))) => panic!("a close without a code"),
             Some(Ok(_)) => {}
             Some(Err(e)) => panic!("the socket failed instead of closing: {e}"),
@@ -119,13 +148,23 @@ async fn closed(ws: &mut Ws) -> (u16, Option<Value>, usize) {
     }
 }
 
-async fn refused(address: SocketAddr, request: tungstenite::handshake::client::Request) -> (u16, Value) {
+async fn refused(
+    address: SocketAddr,
+    request: tungstenite::handshake::client::Request,
+) -> (u16, Value) {
     match try_open(address, request, None).await {
         Ok(_) => panic!("the handshake should be refused"),
         Err(tungstenite::Error::Http(response)) => {
-            let content_type = response.headers().get("content-type").unwrap().to_str().unwrap().to_owned();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned();
             assert_eq!(content_type, "application/problem+json");
-            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
+            let body: Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
             (response.status().as_u16(), body)
         }
         Err(e) => panic!("expected an HTTP refusal, got {e}"),
@@ -136,7 +175,11 @@ async fn refused(address: SocketAddr, request: tungstenite::handshake::client::R
 async fn commit_commissions(db: &sqlx::PgPool, partner_id: i64, n: usize) {
     for _ in 0..n {
         let payment = create_payment(db, "100.00", "NGN", Some(partner_id)).await;
-        sqlx::query("SELECT verify_payment($1)").bind(payment).execute(db).await.expect("verify");
+        sqlx::query("SELECT verify_payment($1)")
+            .bind(payment)
+            .execute(db)
+            .await
+            .expect("verify");
     }
 }
 
@@ -148,12 +191,23 @@ async fn events_reach_every_socket_of_their_partner_on_every_node_and_no_other_p
     let globex = create_partner(&app.db.pool, "Globex", None).await;
 
     let (mut tab1, ready) = open(app.address, &format!("token={}", partner_token(acme))).await;
-    assert_eq!(ready, serde_json::json!({"type": "ready", "room": "partner", "partner_id": acme, "seq": 0, "totals": {}, "replay": 0}));
+    assert_eq!(
+        ready,
+        serde_json::json!({"type": "ready", "room": "partner", "partner_id": acme, "seq": 0, "totals": {}, "replay": 0})
+    );
     let (mut tab2, _) = open(app.address, &format!("token={}", partner_token(acme))).await;
-    let (mut tab_on_b, _) = open(other_node.address, &format!("token={}", partner_token(acme))).await;
+    let (mut tab_on_b, _) = open(
+        other_node.address,
+        &format!("token={}", partner_token(acme)),
+    )
+    .await;
     let (mut globex_tab, _) = open(app.address, &format!("token={}", partner_token(globex))).await;
-    let (mut admin, admin_ready) = open(other_node.address, &format!("token={}", admin_token())).await;
-    assert_eq!(admin_ready, serde_json::json!({"type": "ready", "room": "admin", "position": 0, "replay": 0}));
+    let (mut admin, admin_ready) =
+        open(other_node.address, &format!("token={}", admin_token())).await;
+    assert_eq!(
+        admin_ready,
+        serde_json::json!({"type": "ready", "room": "admin", "position": 0, "replay": 0})
+    );
 
     commit_commissions(&app.db.pool, acme, 2).await;
     for ws in [&mut tab1, &mut tab2, &mut tab_on_b] {
@@ -167,16 +221,32 @@ async fn events_reach_every_socket_of_their_partner_on_every_node_and_no_other_p
     commit_commissions(&app.db.pool, globex, 1).await;
     // Acme's two events committed first: had any reached Globex's socket, they would come before this one.
     let got = events(&mut globex_tab, 1).await;
-    assert_eq!((got[0]["partner_id"].as_i64(), got[0]["seq"].as_i64()), (Some(globex), Some(1)));
+    assert_eq!(
+        (got[0]["partner_id"].as_i64(), got[0]["seq"].as_i64()),
+        (Some(globex), Some(1))
+    );
 
     let all = events(&mut admin, 3).await;
-    let partners: Vec<i64> = all.iter().map(|e| e["partner_id"].as_i64().unwrap()).collect();
+    let partners: Vec<i64> = all
+        .iter()
+        .map(|e| e["partner_id"].as_i64().unwrap())
+        .collect();
     assert_eq!(partners, vec![acme, acme, globex]);
-    let positions: Vec<i64> = all.iter().map(|e| e["position"].as_i64().unwrap()).collect();
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "admin events in position order: {positions:?}");
+    let positions: Vec<i64> = all
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "admin events in position order: {positions:?}"
+    );
 
     // A socket opened now starts from the head, with the current totals.
-    let (_late, ready) = open(other_node.address, &format!("token={}", partner_token(acme))).await;
+    let (_late, ready) = open(
+        other_node.address,
+        &format!("token={}", partner_token(acme)),
+    )
+    .await;
     assert_eq!(ready["seq"], 2);
     assert_eq!(ready["totals"]["NGN"]["earned"], "4.00");
     assert_eq!(ready["totals"]["NGN"]["pending"], "4.00");
@@ -197,7 +267,10 @@ async fn a_resumed_socket_gets_exactly_what_it_missed_then_live_events() {
 
     commit_commissions(&app.db.pool, acme, 100).await;
     let (mut ws, ready) = open(app.address, &format!("token={token}&since=1")).await;
-    assert_eq!((ready["seq"].as_i64(), ready["replay"].as_i64()), (Some(101), Some(100)));
+    assert_eq!(
+        (ready["seq"].as_i64(), ready["replay"].as_i64()),
+        (Some(101), Some(100))
+    );
     assert_eq!(ready["totals"]["NGN"]["earned"], "202.00");
     let missed = events(&mut ws, 100).await;
     assert_eq!(seqs(&missed), (2..=101).collect::<Vec<_>>());
@@ -218,19 +291,34 @@ async fn replay_racing_with_commits_has_no_gap_and_no_duplicate() {
 
     let pool = app.db.pool.clone();
     let racing = tokio::spawn(async move { commit_commissions(&pool, acme, 200).await });
-    let (mut partner, _) = open(app.address, &format!("token={}&since=0", partner_token(acme))).await;
+    let (mut partner, _) = open(
+        app.address,
+        &format!("token={}&since=0", partner_token(acme)),
+    )
+    .await;
     let (mut admin, _) = open(app.address, &format!("token={}&since=0", admin_token())).await;
     racing.await.unwrap();
 
-    assert_eq!(seqs(&events(&mut partner, 500).await), (1..=500).collect::<Vec<_>>());
-    let positions: Vec<i64> = events(&mut admin, 500).await.iter().map(|e| e["position"].as_i64().unwrap()).collect();
-    let logged: Vec<i64> = sqlx::query_scalar("SELECT position FROM commission_events ORDER BY position")
-        .fetch_all(&app.db.pool)
+    assert_eq!(
+        seqs(&events(&mut partner, 500).await),
+        (1..=500).collect::<Vec<_>>()
+    );
+    let positions: Vec<i64> = events(&mut admin, 500)
         .await
-        .unwrap();
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    let logged: Vec<i64> =
+        sqlx::query_scalar("SELECT position FROM commission_events ORDER BY position")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
     assert_eq!(positions, logged);
     // And nothing more follows: the next message answers our ping.
-    partner.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
+    partner
+        .send(Message::text(r#"{"type":"ping"}"#))
+        .await
+        .unwrap();
     assert_eq!(next_message(&mut partner).await["type"], "pong");
 }
 
@@ -259,16 +347,30 @@ async fn killing_the_listen_connection_during_a_thousand_commits_loses_and_repea
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     committing.await.unwrap();
-    assert!(killed >= 2, "the listeners were terminated during the commits ({killed} times)");
+    assert!(
+        killed >= 2,
+        "the listeners were terminated during the commits ({killed} times)"
+    );
 
     for ws in [&mut on_a, &mut on_b] {
-        assert_eq!(seqs(&events(ws, 1000).await), (1..=1000).collect::<Vec<_>>());
+        assert_eq!(
+            seqs(&events(ws, 1000).await),
+            (1..=1000).collect::<Vec<_>>()
+        );
     }
-    let positions: Vec<i64> = events(&mut admin, 1000).await.iter().map(|e| e["position"].as_i64().unwrap()).collect();
+    let positions: Vec<i64> = events(&mut admin, 1000)
+        .await
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]));
     for ws in [&mut on_a, &mut on_b, &mut admin] {
         ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
-        assert_eq!(next_message(ws).await["type"], "pong", "no duplicate after the last event");
+        assert_eq!(
+            next_message(ws).await["type"],
+            "pong",
+            "no duplicate after the last event"
+        );
     }
     // The node listens again: a new commission still arrives live.
     commit_commissions(&app.db.pool, acme, 1).await;
@@ -287,36 +389,100 @@ async fn bad_handshakes_are_refused_with_problem_json_and_the_node_keeps_serving
     assert_eq!(status, 401);
     assert_eq!(problem["type"], "/problems/unauthorized");
     let forged = mint(
-        &Claims { sub: "x".into(), role: Role::Admin, partner_id: None, exp: now() + 3600 },
+        &Claims {
+            sub: "x".into(),
+            role: Role::Admin,
+            partner_id: None,
+            exp: now() + 3600,
+        },
         "another-secret-of-sufficient-length",
     );
-    assert_eq!(refused(app.address, request(&format!("token={forged}"))).await.0, 401);
-    assert_eq!(refused(app.address, request("token=not.a.jwt")).await.0, 401);
+    assert_eq!(
+        refused(app.address, request(&format!("token={forged}")))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        refused(app.address, request("token=not.a.jwt")).await.0,
+        401
+    );
     let expired = token(Role::Partner, Some(acme), "p", now() - 10);
-    assert_eq!(refused(app.address, request(&format!("token={expired}"))).await.0, 401);
-    let (status, problem) =
-        refused(app.address, request(&format!("token={}&partner_id={globex}", partner_token(acme)))).await;
-    assert_eq!((status, problem["type"].as_str()), (403, Some("/problems/forbidden")));
-    assert_eq!(refused(app.address, request(&format!("token={}&since=-1", partner_token(acme)))).await.0, 400);
-    assert_eq!(refused(app.address, request(&format!("token={}&partner_id=999999", admin_token()))).await.0, 404);
+    assert_eq!(
+        refused(app.address, request(&format!("token={expired}")))
+            .await
+            .0,
+        401
+    );
+    let (status, problem) = refused(
+        app.address,
+        request(&format!(
+            "token={}&partner_id={globex}",
+            partner_token(acme)
+        )),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (403, Some("/problems/forbidden"))
+    );
+    assert_eq!(
+        refused(
+            app.address,
+            request(&format!("token={}&since=-1", partner_token(acme)))
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        refused(
+            app.address,
+            request(&format!("token={}&partner_id=999999", admin_token()))
+        )
+        .await
+        .0,
+        404
+    );
 
     // A plain GET is not an upgrade.
-    let response = app.http.get(format!("{}/notifications?token={}", app.base, partner_token(acme))).send().await.unwrap();
+    let response = app
+        .http
+        .get(format!(
+            "{}/notifications?token={}",
+            app.base,
+            partner_token(acme)
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 400);
 
     // The other two places a token may come from.
     let mut by_header = request("");
-    by_header.headers_mut().insert("authorization", format!("Bearer {}", partner_token(acme)).parse().unwrap());
-    let mut ws = try_open(app.address, by_header, None).await.expect("Authorization: Bearer is accepted");
+    by_header.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", partner_token(acme)).parse().unwrap(),
+    );
+    let mut ws = try_open(app.address, by_header, None)
+        .await
+        .expect("Authorization: Bearer is accepted");
     assert_eq!(next_message(&mut ws).await["type"], "ready");
     let mut by_protocol = request("");
-    by_protocol
-        .headers_mut()
-        .insert("sec-websocket-protocol", format!("bearer, {}", partner_token(acme)).parse().unwrap());
-    let mut ws = try_open(app.address, by_protocol, None).await.expect("the bearer subprotocol is accepted");
+    by_protocol.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("bearer, {}", partner_token(acme)).parse().unwrap(),
+    );
+    let mut ws = try_open(app.address, by_protocol, None)
+        .await
+        .expect("the bearer subprotocol is accepted");
     assert_eq!(next_message(&mut ws).await["type"], "ready");
     // An admin may watch one partner.
-    let (_, ready) = open(app.address, &format!("token={}&partner_id={acme}", admin_token())).await;
+    let (_, ready) = open(
+        app.address,
+        &format!("token={}&partner_id={acme}", admin_token()),
+    )
+    .await;
     assert_eq!(ready["room"], "partner");
 
     commit_commissions(&app.db.pool, acme, 1).await;
@@ -332,7 +498,10 @@ async fn garbage_and_oversized_frames_close_the_socket_with_the_documented_code(
 
     let (mut ws, _) = open(app.address, &query).await;
     ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
-    assert_eq!(next_message(&mut ws).await, serde_json::json!({"type": "pong"}));
+    assert_eq!(
+        next_message(&mut ws).await,
+        serde_json::json!({"type": "pong"})
+    );
 
     let garbage = [
         Message::binary(vec![1u8, 2, 3]),
@@ -360,35 +529,44 @@ async fn garbage_and_oversized_frames_close_the_socket_with_the_documented_code(
 #[tokio::test]
 async fn a_consumer_that_never_reads_is_closed_with_4008_and_others_keep_receiving() {
     let db = TestDatabase::new().await;
-    let app = spawn_app_with(db, |config| config.realtime.ws_send_queue = 16).await;
+    let app = spawn_app_with(db, |config| config.realtime.ws_send_queue = 64).await;
     let acme = create_partner(&app.db.pool, "Acme", None).await;
     let query = format!("token={}", partner_token(acme));
     // A tiny receive window, so the kernel buffers fill quickly and the server's queue must take the rest.
-    let mut slow = try_open(app.address, url(app.address, &query).into_client_request().unwrap(), Some(4096))
-        .await
-        .unwrap();
+    let mut slow = try_open(
+        app.address,
+        url(app.address, &query).into_client_request().unwrap(),
+        Some(4096),
+    )
+    .await
+    .unwrap();
     assert_eq!(next_message(&mut slow).await["type"], "ready");
     let (mut fast, _) = open(app.address, &query).await;
 
-    // One transaction, 2,000 commissions: a burst no queue of 16 absorbs.
-    sqlx::query(
-        "INSERT INTO payments (amount, currency, partner_id, status)
-         SELECT 100, 'NGN', $1, 'verified' FROM generate_series(1, 2000)",
-    )
-    .bind(acme)
-    .execute(&app.db.pool)
-    .await
-    .unwrap();
-    assert_eq!(seqs(&events(&mut fast, 2000).await), (1..=2000).collect::<Vec<_>>());
+    // The fast socket reads while the commissions commit; the slow one never does.
+    let pool = app.db.pool.clone();
+    let committing = tokio::spawn(async move { commit_commissions(&pool, acme, 2000).await });
+    assert_eq!(
+        seqs(&events(&mut fast, 2000).await),
+        (1..=2000).collect::<Vec<_>>()
+    );
+    committing.await.unwrap();
 
     let mut got = Vec::new();
     let (code, error) = loop {
-        let frame = timeout(PATIENCE, slow.next()).await.expect("the slow socket is closed in time");
+        let frame = timeout(PATIENCE, slow.next()).await.unwrap_or_else(|_| {
+            panic!(
+                "no close after {} events: the slow socket was never cut off",
+                got.len()
+            )
+        });
         match frame {
             Some(Ok(Message::Text(text))) => {
                 let message: Value = serde_json::from_str(&text).unwrap();
                 if message["type"] == "error" {
-                    let Some(Ok(Message::Close(Some(close)))) = timeout(PATIENCE, slow.next()).await.unwrap() else {
+                    let Some(Ok(Message::Close(Some(close)))) =
+                        timeout(PATIENCE, slow.next()).await.unwrap()
+                    else {
                         panic!("a close frame follows the error")
                     };
                     break (u16::from(close.code), message);
@@ -400,8 +578,15 @@ async fn a_consumer_that_never_reads_is_closed_with_4008_and_others_keep_receivi
         }
     };
     assert_eq!((code, error["code"].as_str()), (4008, Some("too_slow")));
-    assert!(got.len() < 2000, "the slow socket was cut off before the end");
-    assert_eq!(got, (1..=got.len() as i64).collect::<Vec<_>>(), "what it got has no gap");
+    assert!(
+        got.len() < 2000,
+        "the slow socket was cut off before the end"
+    );
+    assert_eq!(
+        got,
+        (1..=got.len() as i64).collect::<Vec<_>>(),
+        "what it got has no gap"
+    );
 
     // It resumes where it stopped.
     let last = got.last().copied().unwrap_or(0);
@@ -424,19 +609,28 @@ async fn sockets_close_with_4001_when_the_token_expires_and_4002_when_the_peer_i
     let short_lived = token(Role::Partner, Some(acme), "short", now() + 2);
     let (mut expiring, _) = open(app.address, &format!("token={short_lived}")).await;
     let (code, error, _) = closed(&mut expiring).await;
-    assert_eq!((code, error.unwrap()["code"].as_str().map(str::to_owned)), (4001, Some("token_expired".into())));
+    assert_eq!(
+        (code, error.unwrap()["code"].as_str().map(str::to_owned)),
+        (4001, Some("token_expired".into()))
+    );
 
     // This client never reads, so it never answers the server's pings.
     let (mut silent, _) = open(app.address, &format!("token={}", partner_token(acme))).await;
     tokio::time::sleep(Duration::from_millis(3000)).await;
     let (code, error, _) = closed(&mut silent).await;
-    assert_eq!((code, error.unwrap()["code"].as_str().map(str::to_owned)), (4002, Some("heartbeat_timeout".into())));
+    assert_eq!(
+        (code, error.unwrap()["code"].as_str().map(str::to_owned)),
+        (4002, Some("heartbeat_timeout".into()))
+    );
 
     // A client that reads (and so answers pings) stays open past the timeout.
     let (mut alive, _) = open(app.address, &format!("token={}", partner_token(acme))).await;
     let until = tokio::time::Instant::now() + Duration::from_millis(3000);
     while let Ok(frame) = tokio::time::timeout_at(until, alive.next()).await {
-        assert!(matches!(frame, Some(Ok(Message::Ping(_)))), "only pings while idle, got {frame:?}");
+        assert!(
+            matches!(frame, Some(Ok(Message::Ping(_)))),
+            "only pings while idle, got {frame:?}"
+        );
     }
     commit_commissions(&app.db.pool, acme, 1).await;
     assert_eq!(seqs(&events(&mut alive, 1).await), vec![1]);
@@ -450,29 +644,67 @@ async fn sockets_per_user_and_handshakes_per_ip_are_limited() {
     let query = format!("token={}", partner_token(acme));
     let (first, _) = open(app.address, &query).await;
     let (_second, _) = open(app.address, &query).await;
-    let (status, problem) = refused(app.address, url(app.address, &query).into_client_request().unwrap()).await;
-    assert_eq!((status, problem["type"].as_str()), (429, Some("/problems/too-many-requests")));
+    let (status, problem) = refused(
+        app.address,
+        url(app.address, &query).into_client_request().unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (429, Some("/problems/too-many-requests"))
+    );
     // Another user is not affected, and a closed socket frees its slot.
-    open(app.address, &format!("token={}", token(Role::Partner, Some(acme), "colleague", now() + 60))).await;
+    open(
+        app.address,
+        &format!(
+            "token={}",
+            token(Role::Partner, Some(acme), "colleague", now() + 60)
+        ),
+    )
+    .await;
     drop(first);
     let reopened = async {
         loop {
-            if let Ok(ws) = try_open(app.address, url(app.address, &query).into_client_request().unwrap(), None).await {
+            if let Ok(ws) = try_open(
+                app.address,
+                url(app.address, &query).into_client_request().unwrap(),
+                None,
+            )
+            .await
+            {
                 return ws;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    timeout(PATIENCE, reopened).await.expect("the slot is freed");
+    timeout(PATIENCE, reopened)
+        .await
+        .expect("the slot is freed");
 
     let db = TestDatabase::new().await;
-    let app = spawn_app_with(db, |config| config.realtime.ws_handshakes_per_second_per_ip = 3).await;
+    let app = spawn_app_with(db, |config| {
+        config.realtime.ws_handshakes_per_second_per_ip = 3
+    })
+    .await;
     let mut statuses = Vec::new();
     for _ in 0..10 {
-        statuses.push(refused(app.address, url(app.address, "").into_client_request().unwrap()).await.0);
+        statuses.push(
+            refused(
+                app.address,
+                url(app.address, "").into_client_request().unwrap(),
+            )
+            .await
+            .0,
+        );
     }
-    assert!(statuses.contains(&429), "a burst of handshakes is cut off: {statuses:?}");
-    assert!(statuses.contains(&401), "the first handshakes get through to the token check: {statuses:?}");
+    assert!(
+        statuses.contains(&429),
+        "a burst of handshakes is cut off: {statuses:?}"
+    );
+    assert!(
+        statuses.contains(&401),
+        "the first handshakes get through to the token check: {statuses:?}"
+    );
 }
 
 #[tokio::test]
