@@ -533,9 +533,6 @@ impl Stream {
             let _ = timeout(CLOSE_GRACE, SinkExt::close(&mut self.ws)).await;
             return;
         };
-        if code == End::TOO_SLOW.code() {
-            metrics::counter!("realtime_slow_consumers_closed_total").increment(1);
-        }
         let grace = if code == End::TOO_SLOW.code() {
             self.heartbeat_timeout
         } else {
