@@ -7,11 +7,7 @@ use std::{fmt, net::SocketAddr, str::FromStr};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "commissions",
-    version,
-    about = "Real-time partner commissions on PostgreSQL"
-)]
+#[command(name = "commissions", version, about = "Real-time partner commissions on PostgreSQL")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -128,22 +128,13 @@ impl IntoResponse for Error {
         }
         let problem = this.problem();
         let status = this.status_code();
-        (
-            status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            Json(problem),
-        )
-            .into_response()
+        (status, [(header::CONTENT_TYPE, "application/problem+json")], Json(problem)).into_response()
     }
 }
 
 /// Lets a handler turn one named constraint into a 4xx and pass every other
 /// error through: `.map_err(|e| on_constraint(e, "payments_provider_reference_unique", |_| Error::Conflict(..)))`.
-pub fn on_constraint(
-    error: sqlx::Error,
-    name: &str,
-    map: impl FnOnce(&dyn sqlx::error::DatabaseError) -> Error,
-) -> Error {
+pub fn on_constraint(error: sqlx::Error, name: &str, map: impl FnOnce(&dyn sqlx::error::DatabaseError) -> Error) -> Error {
     match error.as_database_error() {
         Some(db) if db.constraint() == Some(name) => map(db),
         _ => Error::Database(error),

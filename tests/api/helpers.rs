@@ -13,8 +13,7 @@ use tokio_postgres::NoTls;
 
 /// The maintenance URL tests create their databases through.
 pub fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 fn with_database(url: &str, name: &str) -> String {
@@ -43,10 +42,7 @@ impl TestDatabase {
             .await
             .expect("cannot reach PostgreSQL at DATABASE_URL (run the tests with scripts/test)");
         tokio::spawn(connection);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create test database");
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
         let url = with_database(&admin_url(), &name);
         db::migrate(&url).await.expect("migrate test database");
         let pool = sqlx::postgres::PgPoolOptions::new()
@@ -59,25 +55,15 @@ impl TestDatabase {
 
     /// A plain tokio-postgres connection, as a DBA's psql session would be.
     pub async fn connect(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
-            .await
-            .expect("connect");
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await.expect("connect");
         tokio::spawn(connection);
         client
     }
 
     /// A connection whose notifications are forwarded to the returned channel.
-    pub async fn listen(
-        &self,
-        channels: &[&str],
-    ) -> (
-        tokio_postgres::Client,
-        tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
-    ) {
+    pub async fn listen(&self, channels: &[&str]) -> (tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>) {
         use futures::{stream, StreamExt};
-        let (client, mut connection) = tokio_postgres::connect(&self.url, NoTls)
-            .await
-            .expect("connect");
+        let (client, mut connection) = tokio_postgres::connect(&self.url, NoTls).await.expect("connect");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
         tokio::spawn(async move {
@@ -88,10 +74,7 @@ impl TestDatabase {
             }
         });
         for channel in channels {
-            client
-                .batch_execute(&format!("LISTEN {channel}"))
-                .await
-                .expect("listen");
+            client.batch_execute(&format!("LISTEN {channel}")).await.expect("listen");
         }
         (client, rx)
     }
@@ -104,17 +87,11 @@ impl Drop for TestDatabase {
         // be closed politely: drop the database from a thread with its own small
         // runtime, and WITH (FORCE) ends the sessions still open.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             runtime.block_on(async move {
-                if let Ok((client, connection)) = tokio_postgres::connect(&admin_url(), NoTls).await
-                {
+                if let Ok((client, connection)) = tokio_postgres::connect(&admin_url(), NoTls).await {
                     tokio::spawn(connection);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
+                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
                 }
             });
         })
@@ -138,10 +115,7 @@ pub struct TestApp {
 
 pub fn serve_config(database_url: &str) -> ServeConfig {
     ServeConfig {
-        database: DatabaseConfig {
-            database_url: Secret::new(database_url),
-            db_max_connections: 16,
-        },
+        database: DatabaseConfig { database_url: Secret::new(database_url), db_max_connections: 16 },
         bind_addr: "127.0.0.1:0".parse().unwrap(),
         jwt_secret: Secret::new(JWT_SECRET),
         stripe_webhook_secret: Some(Secret::new(STRIPE_SECRET)),
@@ -172,10 +146,7 @@ pub async fn spawn_app_with(db: TestDatabase, configure: impl FnOnce(&mut ServeC
     TestApp {
         address: node.address,
         base: node.base.clone(),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
+        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
         node,
         db,
     }
@@ -199,12 +170,7 @@ pub async fn spawn_node(database_url: &str, configure: impl FnOnce(&mut ServeCon
     let server = tokio::spawn(app.run_until(async move {
         let _ = rx.await;
     }));
-    TestNode {
-        address,
-        base: format!("http://{address}"),
-        shutdown: Some(tx),
-        server: Some(server),
-    }
+    TestNode { address, base: format!("http://{address}"), shutdown: Some(tx), server: Some(server) }
 }
 
 impl TestNode {
@@ -252,12 +218,7 @@ pub async fn create_partner(pool: &PgPool, name: &str, rate: Option<&str>) -> i6
 }
 
 /// Inserts a pending payment straight into SQL and returns its id.
-pub async fn create_payment(
-    pool: &PgPool,
-    amount: &str,
-    currency: &str,
-    partner_id: Option<i64>,
-) -> i64 {
+pub async fn create_payment(pool: &PgPool, amount: &str, currency: &str, partner_id: Option<i64>) -> i64 {
     let amount: rust_decimal::Decimal = amount.parse().unwrap();
     let row: (i64,) = sqlx::query_as(
         "INSERT INTO payments (amount, currency, partner_id) VALUES ($1, $2, $3) RETURNING id",
