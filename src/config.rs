@@ -82,6 +82,33 @@ pub struct ServeConfig {
     /// Paystack secret key, which signs its webhooks. Unset: Paystack webhooks are refused.
     #[arg(long, env = "PAYSTACK_SECRET_KEY", hide_env_values = true)]
     pub paystack_secret_key: Option<Secret>,
+    #[command(flatten)]
+    pub realtime: RealtimeConfig,
+}
+
+/// The WebSocket relay's limits and timers (see `src/realtime/`).
+#[derive(Debug, Clone, Args)]
+pub struct RealtimeConfig {
+    /// Messages queued for one socket before it counts as too slow and is closed with 4008.
+    #[arg(long, env = "WS_SEND_QUEUE", default_value_t = 256)]
+    pub ws_send_queue: usize,
+    /// How often the server pings each socket, in milliseconds.
+    #[arg(long, env = "WS_PING_INTERVAL_MS", default_value_t = 20_000)]
+    pub ws_ping_interval_ms: u64,
+    /// A socket that sends nothing (not even a pong) for this long is closed with 4002, in milliseconds.
+    #[arg(long, env = "WS_HEARTBEAT_TIMEOUT_MS", default_value_t = 45_000)]
+    pub ws_heartbeat_timeout_ms: u64,
+    /// Open sockets one user (the token's `sub`) may hold on this node; one more is refused with 429.
+    #[arg(long, env = "WS_MAX_SOCKETS_PER_USER", default_value_t = 32)]
+    pub ws_max_sockets_per_user: usize,
+    /// WebSocket handshakes one client IP may attempt per second on this node; more are refused with 429.
+    #[arg(long, env = "WS_HANDSHAKES_PER_SECOND_PER_IP", default_value_t = 50)]
+    pub ws_handshakes_per_second_per_ip: u32,
+    /// SO_SNDBUF of every accepted connection, in bytes (the kernel doubles it). It caps
+    /// the kernel memory a client that stops reading can pin (autotuning would let it
+    /// grow to net.ipv4.tcp_wmem's maximum, 4 MiB by default); 0 keeps autotuning.
+    #[arg(long, env = "TCP_SEND_BUFFER_BYTES", default_value_t = 131_072)]
+    pub tcp_send_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -16,6 +16,8 @@ pub mod demo;
 pub mod db;
 /// REST endpoints, webhooks and the problem+json error mapping.
 pub mod http;
+/// LISTEN, the rooms and the WebSocket: each committed event to every socket allowed to see it, once.
+pub mod realtime;
 /// Builds the app from config and binds it, so tests run the real server on port 0.
 pub mod startup;
 /// The durable event log both the REST API and the relay read from.

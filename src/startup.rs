@@ -2,18 +2,24 @@
 //! before serving, so callers (tests included) can bind port 0 and learn the
 //! real address first.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
-use crate::{config::ServeConfig, db, http};
+use crate::{config::ServeConfig, db, http, realtime::Relay};
+
+/// How long shutdown waits for the sockets to close.
+const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything a request handler may need. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub db: sqlx::PgPool,
     pub config: Arc<ServeConfig>,
+    /// The node's WebSocket relay (LISTEN connection and rooms).
+    pub relay: Relay,
 }
 
 pub struct Application {
@@ -29,7 +35,8 @@ impl Application {
         let db = db::connect_pool(config.database.database_url.expose(), config.database.db_max_connections)
             .await
             .context("cannot connect to PostgreSQL")?;
-        let state = AppState { db, config: Arc::new(config) };
+        let relay = Relay::start(config.database.database_url.expose(), db.clone(), config.realtime.clone());
+        let state = AppState { db, config: Arc::new(config), relay };
         Ok(Self { listener, state })
     }
 
@@ -42,8 +49,23 @@ impl Application {
     }
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let relay = self.state.relay.clone();
+        let send_buffer = self.state.config.realtime.tcp_send_buffer_bytes;
         let router = http::router(self.state);
-        axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        // Upgraded sockets outlive their HTTP connection, so the relay closes
+        // them itself (1001) before the server waits for connections to end.
+        let shutdown = async move {
+            shutdown.await;
+            relay.shutdown(SOCKET_CLOSE_GRACE).await;
+        };
+        let listener = self.listener.tap_io(move |tcp| {
+            // Small frames must not wait for Nagle; failures only cost performance.
+            let _ = tcp.set_nodelay(true);
+            if send_buffer > 0 {
+                let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer);
+            }
+        });
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await
             .context("server error")

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use commissions::{
-    config::{DatabaseConfig, Secret, ServeConfig},
+    config::{DatabaseConfig, RealtimeConfig, Secret, ServeConfig},
     db,
     startup::Application,
 };
@@ -131,8 +131,7 @@ pub struct TestApp {
     pub address: SocketAddr,
     pub base: String,
     pub http: reqwest::Client,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub node: TestNode,
     // Last: the database outlives the server.
     pub db: TestDatabase,
 }
@@ -147,6 +146,14 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         jwt_secret: Secret::new(JWT_SECRET),
         stripe_webhook_secret: Some(Secret::new(STRIPE_SECRET)),
         paystack_secret_key: Some(Secret::new(PAYSTACK_SECRET)),
+        realtime: RealtimeConfig {
+            ws_send_queue: 256,
+            ws_ping_interval_ms: 20_000,
+            ws_heartbeat_timeout_ms: 45_000,
+            ws_max_sockets_per_user: 1_000,
+            ws_handshakes_per_second_per_ip: 100_000,
+            tcp_send_buffer_bytes: 131_072,
+        },
     }
 }
 
@@ -156,33 +163,44 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_on(db: TestDatabase) -> TestApp {
-    let config = serve_config(&db.url);
-    spawn_app_with(db, config).await
+    spawn_app_with(db, |_| {}).await
 }
 
-/// A node with a configuration of the test's own (e.g. a webhook secret unset).
-pub async fn spawn_app_with(db: TestDatabase, config: ServeConfig) -> TestApp {
+/// A node whose configuration the test adjusts first (short timers, small limits).
+pub async fn spawn_app_with(db: TestDatabase, configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    let node = spawn_node(&db.url, configure).await;
+    TestApp {
+        address: node.address,
+        base: node.base.clone(),
+        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        node,
+        db,
+    }
+}
+
+/// Another node of the same service against an existing database, as a
+/// second copy behind a load balancer would be.
+pub struct TestNode {
+    pub address: SocketAddr,
+    pub base: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_node(database_url: &str, configure: impl FnOnce(&mut ServeConfig)) -> TestNode {
+    let mut config = serve_config(database_url);
+    configure(&mut config);
     let app = Application::build(config).await.expect("build app");
     let address = app.local_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
         let _ = rx.await;
     }));
-    TestApp {
-        address,
-        base: format!("http://{address}"),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-        shutdown: Some(tx),
-        server: Some(server),
-        db,
-    }
+    TestNode { address, base: format!("http://{address}"), shutdown: Some(tx), server: Some(server) }
 }
 
-impl TestApp {
-    /// Stops the server gracefully and waits for it.
+impl TestNode {
+    /// Stops the node gracefully and waits for it.
     pub async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -193,7 +211,7 @@ impl TestApp {
     }
 }
 
-impl Drop for TestApp {
+impl Drop for TestNode {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -201,6 +219,13 @@ impl Drop for TestApp {
         if let Some(server) = self.server.take() {
             server.abort();
         }
+    }
+}
+
+impl TestApp {
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        self.node.stop().await;
     }
 }
 

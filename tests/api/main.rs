@@ -12,3 +12,4 @@ mod partners;
 mod payments;
 mod service;
 mod webhooks;
+mod realtime;

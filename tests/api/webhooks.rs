@@ -396,10 +396,11 @@ async fn bad_altered_or_missing_paystack_signatures_change_nothing() {
 #[tokio::test]
 async fn an_unconfigured_webhook_is_503_and_a_huge_body_413() {
     let db = TestDatabase::new().await;
-    let mut config = serve_config(&db.url);
-    config.stripe_webhook_secret = None;
-    config.paystack_secret_key = None;
-    let app = spawn_app_with(db, config).await;
+    let app = spawn_app_with(db, |config| {
+        config.stripe_webhook_secret = None;
+        config.paystack_secret_key = None;
+    })
+    .await;
     problem(
         app.stripe(&stripe_succeeded("evt_1", "pi_1", 5000, 1))
             .await,

@@ -1,0 +1,290 @@
+//! The in-process hub: the rooms of this node and who sits in them.
+//!
+//! A [`PartnerRoom`] holds the sockets of one partner (and admins watching
+//! that partner); the [`AdminRoom`] holds the admin sockets that watch every
+//! partner. The hub routes a notification by the channel it arrived on:
+//! `commissions_partner_<id>` goes only to that partner's room and
+//! `commissions_admin` only to the admin room, so no socket ever receives an
+//! event of a partner it may not see.
+//!
+//! A room exists exactly while it has a member, and the LISTEN connection is
+//! told to LISTEN when a room appears and UNLISTEN when it empties. Those
+//! commands are sent while the hub's lock is held, so the listener sees them
+//! in the same order as the membership changes that caused them.
+//!
+//! Delivery never blocks: each member has a bounded inbox, and a member whose
+//! inbox is full is too slow. It is taken out of its room at once and told
+//! to close (4008); everyone else is unaffected.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use axum::extract::ws::Utf8Bytes;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::listener::{Command, ADMIN_CHANNEL, PARTNER_CHANNEL_PREFIX};
+
+/// Which stream a socket follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoomKey {
+    /// One partner's events, ordered and resumed by the partner's `seq`.
+    Partner(i64),
+    /// Every partner's events, ordered and resumed by the global `position`.
+    Admin,
+}
+
+impl RoomKey {
+    pub fn channel(self) -> String {
+        match self {
+            RoomKey::Partner(id) => format!("{PARTNER_CHANNEL_PREFIX}{id}"),
+            RoomKey::Admin => ADMIN_CHANNEL.to_owned(),
+        }
+    }
+}
+
+/// One committed event as it arrived by NOTIFY: its coordinates and the wire
+/// text, shared by every socket that forwards it (never copied per socket).
+#[derive(Debug)]
+pub struct LiveEvent {
+    pub partner_id: i64,
+    pub seq: i64,
+    pub position: i64,
+    pub text: Utf8Bytes,
+}
+
+/// What the hub puts in a socket's inbox.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    Event(Arc<LiveEvent>),
+    /// The LISTEN connection was lost and is back: events may have been
+    /// missed, read the log from the socket's cursor.
+    Resync,
+}
+
+/// The hub's side of one socket.
+struct Member {
+    inbox: mpsc::Sender<Notice>,
+    /// Told when the hub dropped this member for being too slow.
+    kicked: Arc<Notify>,
+}
+
+/// The sockets following one partner.
+#[derive(Default)]
+struct PartnerRoom {
+    members: HashMap<u64, Member>,
+}
+
+/// The sockets following every partner.
+#[derive(Default)]
+struct AdminRoom {
+    members: HashMap<u64, Member>,
+}
+
+#[derive(Default)]
+struct Rooms {
+    partners: HashMap<i64, PartnerRoom>,
+    admin: AdminRoom,
+    next_id: u64,
+}
+
+impl Rooms {
+    fn members_mut(&mut self, key: RoomKey) -> Option<&mut HashMap<u64, Member>> {
+        match key {
+            RoomKey::Partner(id) => self.partners.get_mut(&id).map(|room| &mut room.members),
+            RoomKey::Admin => Some(&mut self.admin.members),
+        }
+    }
+}
+
+pub struct Hub {
+    rooms: Mutex<Rooms>,
+    listener: mpsc::UnboundedSender<Command>,
+}
+
+/// A socket's seat in a room; leaving the room happens on drop, so a socket
+/// task that ends in any way (even a panic) gives its seat back.
+pub struct Membership {
+    hub: Arc<Hub>,
+    key: RoomKey,
+    id: u64,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.leave(self.key, self.id);
+    }
+}
+
+/// The coordinates of an event payload; the rest of the JSON is forwarded untouched.
+#[derive(Deserialize)]
+struct Coordinates {
+    partner_id: i64,
+    seq: i64,
+    position: i64,
+}
+
+impl Hub {
+    pub fn new(listener: mpsc::UnboundedSender<Command>) -> Self {
+        Self {
+            rooms: Mutex::default(),
+            listener,
+        }
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, Rooms> {
+        // A panic while holding the lock leaves the maps consistent (every
+        // change is a single insert or remove), so poisoning is ignored.
+        self.rooms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Seats a socket in its room. The returned receiver resolves once this
+    /// node's LISTEN on the room's channel has been executed, so from then on
+    /// every event that commits reaches `inbox`.
+    pub fn join(
+        self: &Arc<Self>,
+        key: RoomKey,
+        inbox: mpsc::Sender<Notice>,
+        kicked: Arc<Notify>,
+    ) -> (Membership, oneshot::Receiver<()>) {
+        let (confirmed, on_confirmed) = oneshot::channel();
+        let mut rooms = self.rooms();
+        let id = rooms.next_id;
+        rooms.next_id += 1;
+        let members = match key {
+            RoomKey::Partner(partner) => &mut rooms.partners.entry(partner).or_default().members,
+            RoomKey::Admin => &mut rooms.admin.members,
+        };
+        if members.is_empty() {
+            let _ = self.listener.send(Command::Listen(key.channel()));
+        }
+        members.insert(id, Member { inbox, kicked });
+        // Queued behind the LISTEN (ours or the one a previous member caused).
+        let _ = self.listener.send(Command::Confirm(confirmed));
+        drop(rooms);
+        (
+            Membership {
+                hub: self.clone(),
+                key,
+                id,
+            },
+            on_confirmed,
+        )
+    }
+
+    /// Idempotent: a member may already have been dropped for being slow.
+    fn leave(&self, key: RoomKey, id: u64) {
+        let mut rooms = self.rooms();
+        self.remove(&mut rooms, key, id);
+    }
+
+    fn remove(&self, rooms: &mut Rooms, key: RoomKey, id: u64) {
+        let Some(members) = rooms.members_mut(key) else {
+            return;
+        };
+        if members.remove(&id).is_none() || !members.is_empty() {
+            return;
+        }
+        if let RoomKey::Partner(partner) = key {
+            rooms.partners.remove(&partner);
+        }
+        let _ = self.listener.send(Command::Unlisten(key.channel()));
+    }
+
+    /// The channels the rooms need right now, read under the lock, for the
+    /// listener to LISTEN on after it reconnects.
+    pub fn channels(&self) -> Vec<String> {
+        let rooms = self.rooms();
+        let admin = (!rooms.admin.members.is_empty()).then_some(RoomKey::Admin);
+        rooms
+            .partners
+            .keys()
+            .map(|&id| RoomKey::Partner(id))
+            .chain(admin)
+            .map(RoomKey::channel)
+            .collect()
+    }
+
+    /// Routes one notification to the room of the channel it came on.
+    pub fn dispatch(&self, channel: &str, payload: &str) {
+        let key = if channel == ADMIN_CHANNEL {
+            RoomKey::Admin
+        } else if let Some(Ok(id)) = channel.strip_prefix(PARTNER_CHANNEL_PREFIX).map(str::parse) {
+            RoomKey::Partner(id)
+        } else {
+            return;
+        };
+        let Ok(at) = serde_json::from_str::<Coordinates>(payload) else {
+            tracing::warn!(channel, "ignoring a notification that is not an event");
+            return;
+        };
+        if matches!(key, RoomKey::Partner(id) if id != at.partner_id) {
+            tracing::warn!(
+                channel,
+                partner_id = at.partner_id,
+                "ignoring an event sent on another partner's channel"
+            );
+            return;
+        }
+        let event = Arc::new(LiveEvent {
+            partner_id: at.partner_id,
+            seq: at.seq,
+            position: at.position,
+            text: Utf8Bytes::from(payload.to_owned()),
+        });
+        self.deliver(key, &Notice::Event(event));
+    }
+
+    /// Tells every socket to read what it may have missed from the log.
+    pub fn resync(&self) {
+        let keys: Vec<RoomKey> = {
+            let rooms = self.rooms();
+            rooms
+                .partners
+                .keys()
+                .map(|&id| RoomKey::Partner(id))
+                .chain([RoomKey::Admin])
+                .collect()
+        };
+        for key in keys {
+            self.deliver(key, &Notice::Resync);
+        }
+    }
+
+    fn deliver(&self, key: RoomKey, notice: &Notice) {
+        let mut rooms = self.rooms();
+        let Some(members) = rooms.members_mut(key) else {
+            return;
+        };
+        let mut gone = Vec::new();
+        for (&id, member) in members.iter() {
+            match member.inbox.try_send(notice.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    metrics::counter!("realtime_slow_consumers_total").increment(1);
+                    member.kicked.notify_one();
+                    gone.push(id);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(id),
+            }
+        }
+        for id in gone {
+            self.remove(&mut rooms, key, id);
+        }
+    }
+
+    /// Sockets seated on this node, for metrics and tests.
+    pub fn socket_count(&self) -> usize {
+        let rooms = self.rooms();
+        rooms.admin.members.len()
+            + rooms
+                .partners
+                .values()
+                .map(|room| room.members.len())
+                .sum::<usize>()
+    }
+}

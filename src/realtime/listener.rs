@@ -1,0 +1,173 @@
+//! The node's one LISTEN connection (tokio-postgres, `application_name`
+//! `commissions:listener`, TCP keepalives on, so a dead peer is noticed even
+//! when no event flows).
+//!
+//! It LISTENs on `commissions_partner_<id>` while the hub has a room for that
+//! partner and on `commissions_admin` while the admin room has a member. The
+//! hub sends [`Command`]s in the order its rooms change; they are executed in
+//! that order (batched), so the last command for a channel always wins.
+//! A [`Command::Confirm`] is answered only once everything queued before it
+//! has been executed on a live connection: that is how a joining socket
+//! knows its LISTEN is in force before it reads the head of the log.
+//!
+//! When the connection drops, the listener reconnects with backoff, LISTENs
+//! on every channel the rooms need at that moment, executes what was queued
+//! meanwhile, and then tells the hub to resync: every socket reads from the
+//! event log what it may have missed while nothing was listening.
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use futures::{stream, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::hub::Hub;
+
+pub const LISTENER_APPLICATION_NAME: &str = "commissions:listener";
+pub const ADMIN_CHANNEL: &str = "commissions_admin";
+pub const PARTNER_CHANNEL_PREFIX: &str = "commissions_partner_";
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Commands executed in one round trip at most.
+const BATCH: usize = 512;
+
+#[derive(Debug)]
+pub enum Command {
+    Listen(String),
+    Unlisten(String),
+    /// Answered when every command queued before it has been executed.
+    Confirm(oneshot::Sender<()>),
+}
+
+impl Command {
+    fn sql(&self) -> Option<String> {
+        // Channel names are built by the hub from an i64 or a constant, so
+        // they are always plain identifiers; quoting is belt and braces.
+        match self {
+            Command::Listen(channel) => Some(format!("LISTEN \"{channel}\";")),
+            Command::Unlisten(channel) => Some(format!("UNLISTEN \"{channel}\";")),
+            Command::Confirm(_) => None,
+        }
+    }
+}
+
+/// Runs until `shutdown` turns true. Never gives up on PostgreSQL.
+pub async fn run(
+    database_url: String,
+    hub: Arc<Hub>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let config = match tokio_postgres::Config::from_str(&database_url) {
+        Ok(mut config) => {
+            config
+                .application_name(LISTENER_APPLICATION_NAME)
+                .keepalives(true)
+                .keepalives_idle(Duration::from_secs(30))
+                .keepalives_interval(Duration::from_secs(10))
+                .keepalives_retries(3)
+                .connect_timeout(Duration::from_secs(10));
+            config
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the LISTEN connection cannot parse DATABASE_URL");
+            return;
+        }
+    };
+    let mut backoff = BACKOFF_FIRST;
+    let mut connected_before = false;
+    // Commands taken from the queue but not yet executed when a connection died.
+    let mut pending: Vec<Command> = Vec::new();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let session = connect(&config, hub.clone()).await;
+        let (client, mut lost) = match session {
+            Ok(session) => session,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "the LISTEN connection failed");
+                if sleep_or_shutdown(backoff, &mut shutdown).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let relisten: String = hub
+            .channels()
+            .iter()
+            .map(|c| format!("LISTEN \"{c}\";"))
+            .collect();
+        if let Err(e) = client.batch_execute(&relisten).await {
+            tracing::warn!(error = %e, "re-LISTEN failed");
+            if sleep_or_shutdown(backoff, &mut shutdown).await {
+                return;
+            }
+            continue;
+        }
+        backoff = BACKOFF_FIRST;
+        if connected_before {
+            metrics::counter!("realtime_listener_reconnects_total").increment(1);
+            tracing::info!("the LISTEN connection is back; sockets catch up from the event log");
+            hub.resync();
+        }
+        connected_before = true;
+        loop {
+            if pending.is_empty() {
+                tokio::select! {
+                    n = commands.recv_many(&mut pending, BATCH) => if n == 0 { return },
+                    _ = &mut lost => break,
+                    _ = shutdown.changed() => return,
+                }
+            }
+            let sql: String = pending.iter().filter_map(Command::sql).collect();
+            if !sql.is_empty() {
+                if let Err(e) = client.batch_execute(&sql).await {
+                    tracing::warn!(error = %e, "LISTEN/UNLISTEN failed; reconnecting");
+                    break;
+                }
+            }
+            for command in pending.drain(..) {
+                if let Command::Confirm(confirmed) = command {
+                    let _ = confirmed.send(());
+                }
+            }
+        }
+        tracing::warn!("the LISTEN connection was lost; reconnecting");
+    }
+}
+
+/// Connects and spawns the task that drives the connection, handing every
+/// notification to the hub. The receiver resolves when the connection ends.
+async fn connect(
+    config: &tokio_postgres::Config,
+    hub: Arc<Hub>,
+) -> Result<(tokio_postgres::Client, oneshot::Receiver<()>), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (lost_tx, lost) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => hub.dispatch(n.channel(), n.payload()),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the LISTEN connection failed");
+                    break;
+                }
+            }
+        }
+        let _ = lost_tx.send(());
+    });
+    Ok((client, lost))
+}
+
+/// Sleeps; true if shutdown came first.
+async fn sleep_or_shutdown(duration: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
+}

@@ -1,0 +1,192 @@
+//! The real-time relay: every committed commission event, pushed to every
+//! socket allowed to see it, exactly once and in order.
+//!
+//! How it fits together:
+//! - [`listener`]: one LISTEN connection per node; LISTENs only on the
+//!   channels the rooms need; reconnects and triggers a resync when it drops.
+//! - [`hub`]: the rooms (one per partner, one for admins) and the routing of
+//!   each notification to its room's sockets only.
+//! - [`socket`]: `GET /notifications`, the handshake checks and the task that
+//!   runs one socket.
+//!
+//! Why no event is lost or repeated:
+//! - A partner's `seq` is gapless and in commit order (the engine bumps
+//!   `partners.last_seq` under the row lock) and PostgreSQL delivers NOTIFYs
+//!   in commit order. So a partner socket keeps the next `seq` it expects: a
+//!   live event below it is a duplicate and is dropped, the expected one is
+//!   sent, and one above it reveals a gap, which is read from the event log
+//!   before going on. Reconnects and races can only cause gaps or
+//!   duplicates, and both are repaired by that rule.
+//! - The admin room's `position` is in commit order but may skip numbers
+//!   (rolled-back transactions), so it cannot reveal a gap. It drops
+//!   `position <= last sent`, and after the LISTEN connection comes back it
+//!   reads everything after its cursor from the log.
+//! - Joining: the socket takes its seat first and waits until its LISTEN is
+//!   executed; only then does it read the head of the log, send `ready`, and
+//!   replay `(since, head]`. Any event that commits after the head was read
+//!   is already on its way by NOTIFY; anything before is in the replay.
+//!   While replaying, the socket keeps reading the log until a read comes
+//!   back short and no newer live event has arrived, so its inbox never has
+//!   to buffer a long replay.
+
+pub mod hub;
+pub mod listener;
+pub mod socket;
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::{config::RealtimeConfig, events::EventLog};
+
+use hub::Hub;
+
+/// The relay of one node, shared by every socket. Cheap to clone.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hub: Arc<Hub>,
+    log: EventLog,
+    db: sqlx::PgPool,
+    config: RealtimeConfig,
+    shutdown: watch::Sender<bool>,
+    /// Open sockets per user (`sub`).
+    users: Mutex<HashMap<String, usize>>,
+    handshakes: Mutex<HandshakeWindow>,
+    open: AtomicUsize,
+    all_closed: Notify,
+}
+
+/// Handshakes per IP in the current one-second window.
+struct HandshakeWindow {
+    started: Instant,
+    counts: HashMap<IpAddr, u32>,
+}
+
+impl Relay {
+    /// Starts the node's LISTEN connection. Sockets come later, through [`socket`].
+    pub fn start(database_url: &str, db: sqlx::PgPool, config: RealtimeConfig) -> Self {
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let hub = Arc::new(Hub::new(commands));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        tokio::spawn(listener::run(
+            database_url.to_owned(),
+            hub.clone(),
+            commands_rx,
+            shutdown_rx,
+        ));
+        Self {
+            inner: Arc::new(Inner {
+                hub,
+                log: EventLog::new(db.clone()),
+                db,
+                config,
+                shutdown,
+                users: Mutex::default(),
+                handshakes: Mutex::new(HandshakeWindow {
+                    started: Instant::now(),
+                    counts: HashMap::new(),
+                }),
+                open: AtomicUsize::new(0),
+                all_closed: Notify::new(),
+            }),
+        }
+    }
+
+    /// Closes every socket with 1001 (going away), stops the listener, and
+    /// waits (at most `grace`) for the sockets to finish closing.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown.send_replace(true);
+        let wait = async {
+            loop {
+                let closed = self.inner.all_closed.notified();
+                if self.inner.open.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                closed.await;
+            }
+        };
+        if tokio::time::timeout(grace, wait).await.is_err() {
+            tracing::warn!(
+                open = self.open_sockets(),
+                "sockets still open after the shutdown grace period"
+            );
+        }
+    }
+
+    pub fn open_sockets(&self) -> usize {
+        self.inner.open.load(Ordering::Acquire)
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        *self.inner.shutdown.borrow()
+    }
+
+    /// Counts a handshake from `ip`; false once the IP is over its budget for this second.
+    fn allow_handshake(&self, ip: IpAddr) -> bool {
+        let mut window = self
+            .inner
+            .handshakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if window.started.elapsed() >= Duration::from_secs(1) {
+            window.started = Instant::now();
+            window.counts.clear();
+        }
+        let count = window.counts.entry(ip).or_insert(0);
+        *count += 1;
+        *count <= self.inner.config.ws_handshakes_per_second_per_ip
+    }
+
+    /// Takes one of the user's socket slots, given back when the guard drops.
+    fn take_user_slot(&self, sub: &str) -> Option<UserSlot> {
+        let mut users = self.inner.users.lock().unwrap_or_else(|p| p.into_inner());
+        let count = users.entry(sub.to_owned()).or_insert(0);
+        if *count >= self.inner.config.ws_max_sockets_per_user {
+            return None;
+        }
+        *count += 1;
+        self.inner.open.fetch_add(1, Ordering::AcqRel);
+        metrics::gauge!("realtime_sockets").increment(1.0);
+        Some(UserSlot {
+            relay: self.clone(),
+            sub: sub.to_owned(),
+        })
+    }
+}
+
+/// One open socket of a user. Dropping it frees the slot.
+struct UserSlot {
+    relay: Relay,
+    sub: String,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let inner = &self.relay.inner;
+        {
+            let mut users = inner.users.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = users.get_mut(&self.sub) {
+                *count -= 1;
+                if *count == 0 {
+                    users.remove(&self.sub);
+                }
+            }
+        }
+        metrics::gauge!("realtime_sockets").decrement(1.0);
+        if inner.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            inner.all_closed.notify_waiters();
+        }
+    }
+}

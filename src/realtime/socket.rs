@@ -1,0 +1,581 @@
+//! `GET /notifications`: the handshake checks, then one task per socket.
+//!
+//! Handshake (refusals are problem+json, nothing is upgraded): at most
+//! `WS_HANDSHAKES_PER_SECOND_PER_IP` attempts per IP and second (429); a
+//! valid JWT from `?token=`, `Authorization: Bearer` or
+//! `Sec-WebSocket-Protocol: bearer, <token>` (401); a partner token may only
+//! follow its own partner (403); the partner must exist (404); at most
+//! `WS_MAX_SOCKETS_PER_USER` open sockets per `sub` (429).
+//!
+//! The socket task owns everything of one socket (no reader/writer split,
+//! so an idle socket costs one small task): it joins the room, sends
+//! `ready`, replays, then forwards live events with the cursor rule of
+//! [`super`]. It answers `{"type":"ping"}`, pings the peer, and closes with
+//! a code of the documented protocol (`docs/realtime.md`) when the peer goes
+//! quiet (4002), the token expires (4001), the inbox overflows (4008), the
+//! peer sends something else than a ping (1003) or a frame over 4 KiB (1009),
+//! or the node shuts down (1001).
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    extract::{
+        rejection::QueryRejection,
+        ws::{
+            rejection::WebSocketUpgradeRejection, CloseFrame, Message, Utf8Bytes, WebSocket,
+            WebSocketUpgrade,
+        },
+        ConnectInfo, Query, State,
+    },
+    http::{header, HeaderMap},
+    response::Response,
+};
+use futures::SinkExt;
+use serde::Deserialize;
+use tokio::{
+    sync::{mpsc, watch, Notify},
+    time::{sleep, sleep_until, timeout, Instant},
+};
+
+use super::{
+    hub::{LiveEvent, Notice, RoomKey},
+    Relay, UserSlot,
+};
+use crate::{
+    auth::{self, Claims, Role},
+    events::EventLog,
+    http::error::Error,
+    startup::AppState,
+};
+
+/// The largest frame or message a client may send.
+pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
+/// Events read from the log per round trip while replaying.
+const REPLAY_PAGE: i64 = 500;
+/// How long a joining socket waits for its LISTEN to be in force.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a polite close may take (the slow-consumer close gets the heartbeat timeout).
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a socket whose input is unreadable stays open after its close frame.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    token: Option<String>,
+    since: Option<i64>,
+    partner_id: Option<i64>,
+}
+
+/// The WebSocket endpoint. Every refusal happens here, before the upgrade.
+pub async fn notifications(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, Error> {
+    let relay = state.relay.clone();
+    if relay.is_shutting_down() {
+        return Err(Error::Unavailable(
+            "the server is shutting down; reconnect".into(),
+        ));
+    }
+    if !relay.allow_handshake(peer.ip()) {
+        return Err(Error::TooManyRequests(
+            "too many WebSocket handshakes from this address; slow down".into(),
+        ));
+    }
+    let Query(query) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let token = bearer_token(&query, &headers).ok_or_else(|| {
+        Error::Unauthorized(
+            "a token is required: ?token=, Authorization: Bearer <token>, or Sec-WebSocket-Protocol: bearer, <token>".into(),
+        )
+    })?;
+    let claims = auth::verify(token, state.config.jwt_secret.expose())
+        .map_err(|e| Error::Unauthorized(e.to_string()))?;
+    let room = room_for(&claims, query.partner_id)?;
+    if query.since.is_some_and(|since| since < 0) {
+        return Err(Error::BadRequest("since must be 0 or more".into()));
+    }
+    let upgrade = upgrade
+        .map_err(|_| Error::BadRequest("GET /notifications must be a WebSocket upgrade".into()))?;
+    if let RoomKey::Partner(partner_id) = room {
+        if relay
+            .inner
+            .log
+            .partner_last_seq(partner_id)
+            .await?
+            .is_none()
+        {
+            return Err(Error::NotFound(format!(
+                "partner {partner_id} does not exist"
+            )));
+        }
+    }
+    let slot = relay
+        .take_user_slot(&claims.sub)
+        .ok_or_else(|| Error::TooManyRequests("too many open sockets for this user".into()))?;
+    let session = Session {
+        relay,
+        room,
+        since: query.since,
+        expires_at: expiry(claims.exp),
+        _slot: slot,
+    };
+    Ok(upgrade
+        .protocols(["bearer"])
+        .read_buffer_size(MAX_CLIENT_MESSAGE)
+        .write_buffer_size(0)
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |ws| session.run(ws)))
+}
+
+/// The token from the query, the Authorization header, or the subprotocol list.
+fn bearer_token<'a>(query: &'a StreamQuery, headers: &'a HeaderMap) -> Option<&'a str> {
+    if let Some(token) = query.token.as_deref() {
+        return Some(token);
+    }
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+    }
+    // `Sec-WebSocket-Protocol: bearer, <token>`: the token follows `bearer`.
+    let mut offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    offered.find(|p| *p == "bearer")?;
+    offered.next()
+}
+
+fn room_for(claims: &Claims, partner_id: Option<i64>) -> Result<RoomKey, Error> {
+    match (claims.role, partner_id) {
+        (Role::Admin, None) => Ok(RoomKey::Admin),
+        (_, Some(partner)) if claims.may_see_partner(partner) => Ok(RoomKey::Partner(partner)),
+        (_, Some(_)) => Err(Error::Forbidden(
+            "this token may not follow that partner".into(),
+        )),
+        // auth::verify guarantees a partner token carries partner_id.
+        (Role::Partner, None) => claims
+            .partner_id
+            .map(RoomKey::Partner)
+            .ok_or_else(|| Error::Unauthorized("a partner token must carry partner_id".into())),
+    }
+}
+
+/// The instant the token's `exp` (seconds since the epoch) passes.
+fn expiry(exp: i64) -> Instant {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let left_ms = exp.saturating_mul(1000).saturating_sub(now_ms).max(0);
+    Instant::now() + Duration::from_millis(left_ms as u64)
+}
+
+/// Why a socket ends.
+#[derive(Debug)]
+enum End {
+    /// The peer closed or vanished: nothing more to say.
+    Peer,
+    /// We close, with an `error` message and a close frame.
+    Close {
+        code: u16,
+        error: &'static str,
+        message: &'static str,
+    },
+}
+
+impl End {
+    const fn close(code: u16, error: &'static str, message: &'static str) -> Self {
+        End::Close {
+            code,
+            error,
+            message,
+        }
+    }
+    const GOING_AWAY: End = End::close(
+        1001,
+        "going_away",
+        "the server is shutting down; reconnect with since",
+    );
+    const UNSUPPORTED: End = End::close(
+        1003,
+        "unsupported_data",
+        "the only client message is {\"type\":\"ping\"} as JSON text",
+    );
+    const TOO_BIG: End = End::close(
+        1009,
+        "message_too_big",
+        "client messages are limited to 4 KiB",
+    );
+    const INTERNAL: End = End::close(
+        1011,
+        "internal",
+        "the server could not serve this stream; reconnect with since",
+    );
+    const TOKEN_EXPIRED: End = End::close(
+        4001,
+        "token_expired",
+        "the token has expired; reconnect with a new one",
+    );
+    const HEARTBEAT: End = End::close(4002, "heartbeat_timeout", "heartbeat timeout");
+    const TOO_SLOW: End = End::close(
+        4008,
+        "too_slow",
+        "the send queue overflowed; reconnect with since",
+    );
+}
+
+fn internal(error: sqlx::Error) -> End {
+    tracing::error!(error = %error, "realtime: reading the event log failed");
+    End::INTERNAL
+}
+
+/// What the handshake established, handed to the socket task.
+struct Session {
+    relay: Relay,
+    room: RoomKey,
+    since: Option<i64>,
+    expires_at: Instant,
+    _slot: UserSlot,
+}
+
+impl Session {
+    async fn run(self, ws: WebSocket) {
+        let config = &self.relay.inner.config;
+        let (inbox_tx, inbox) = mpsc::channel(config.ws_send_queue.max(1));
+        let kicked = Arc::new(Notify::new());
+        let (membership, confirmed) =
+            self.relay
+                .inner
+                .hub
+                .join(self.room, inbox_tx, kicked.clone());
+        let now = Instant::now();
+        let mut stream = Stream {
+            ws,
+            inbox,
+            kicked,
+            shutdown: self.relay.inner.shutdown.subscribe(),
+            log: self.relay.inner.log.clone(),
+            room: self.room,
+            last: 0,
+            last_heard: now,
+            next_ping: now + Duration::from_millis(config.ws_ping_interval_ms),
+            ping_interval: Duration::from_millis(config.ws_ping_interval_ms),
+            heartbeat_timeout: Duration::from_millis(config.ws_heartbeat_timeout_ms),
+            expires_at: self.expires_at,
+        };
+        let end = match stream.open(confirmed, &self.relay, self.since).await {
+            Ok(()) => stream.live().await,
+            Err(end) => end,
+        };
+        drop(membership);
+        stream.finish(end).await;
+    }
+}
+
+/// One open socket and its cursor.
+struct Stream {
+    ws: WebSocket,
+    inbox: mpsc::Receiver<Notice>,
+    kicked: Arc<Notify>,
+    shutdown: watch::Receiver<bool>,
+    log: EventLog,
+    room: RoomKey,
+    /// The last `seq` (partner room) or `position` (admin room) sent.
+    last: i64,
+    last_heard: Instant,
+    next_ping: Instant,
+    ping_interval: Duration,
+    heartbeat_timeout: Duration,
+    expires_at: Instant,
+}
+
+impl Stream {
+    /// The event's number in this room's order.
+    fn coordinate(&self, seq: i64, position: i64) -> i64 {
+        match self.room {
+            RoomKey::Partner(_) => seq,
+            RoomKey::Admin => position,
+        }
+    }
+
+    /// Waits for the LISTEN, reads the head, sends `ready` and the replay.
+    async fn open(
+        &mut self,
+        confirmed: tokio::sync::oneshot::Receiver<()>,
+        relay: &Relay,
+        since: Option<i64>,
+    ) -> Result<(), End> {
+        if *self.shutdown.borrow_and_update() {
+            return Err(End::GOING_AWAY);
+        }
+        tokio::select! {
+            r = confirmed => r.map_err(|_| End::INTERNAL)?,
+            _ = self.shutdown.changed() => return Err(End::GOING_AWAY),
+            _ = sleep(JOIN_TIMEOUT) => return Err(End::INTERNAL),
+        }
+        let (ready, head, replay) = match self.room {
+            RoomKey::Partner(partner_id) => {
+                let head = sqlx::query!(
+                    r#"SELECT p.last_seq,
+                              (SELECT coalesce(jsonb_object_agg(b.currency::text,
+                                                                partner_totals_json(b.partner_id, b.currency) -> b.currency::text),
+                                               '{}'::jsonb)
+                                 FROM partner_balances b
+                                WHERE b.partner_id = p.id)::text AS "totals!"
+                         FROM partners p
+                        WHERE p.id = $1"#,
+                    partner_id
+                )
+                .fetch_optional(&relay.inner.db)
+                .await
+                .map_err(internal)?
+                .ok_or(End::INTERNAL)?;
+                let replay = since.map_or(0, |since| (head.last_seq - since).max(0));
+                let ready = format!(
+                    r#"{{"type":"ready","room":"partner","partner_id":{partner_id},"seq":{},"totals":{},"replay":{replay}}}"#,
+                    head.last_seq, head.totals
+                );
+                (ready, head.last_seq, replay)
+            }
+            RoomKey::Admin => {
+                let head = sqlx::query!(
+                    r#"SELECT (SELECT coalesce(max(position), 0) FROM commission_events) AS "position!",
+                              (SELECT count(*) FROM commission_events WHERE position > $1) AS "missed!""#,
+                    since.unwrap_or(i64::MAX)
+                )
+                .fetch_one(&relay.inner.db)
+                .await
+                .map_err(internal)?;
+                let ready = format!(
+                    r#"{{"type":"ready","room":"admin","position":{},"replay":{}}}"#,
+                    head.position, head.missed
+                );
+                (ready, head.position, head.missed)
+            }
+        };
+        // A cursor beyond the head (a client of another database?) resumes from the head.
+        self.last = since.map_or(head, |since| since.min(head));
+        self.send(Message::Text(ready.into())).await?;
+        if replay > 0 {
+            self.catch_up(head).await?;
+        }
+        Ok(())
+    }
+
+    /// Forwards live events until the socket ends.
+    async fn live(&mut self) -> End {
+        loop {
+            let deadline = self
+                .next_ping
+                .min(self.last_heard + self.heartbeat_timeout)
+                .min(self.expires_at);
+            let step = tokio::select! {
+                notice = self.inbox.recv() => match notice {
+                    Some(Notice::Event(event)) => self.forward(&event).await,
+                    Some(Notice::Resync) => Box::pin(self.catch_up(0)).await,
+                    // The hub lets go of a member only when it is too slow.
+                    None => Err(End::TOO_SLOW),
+                },
+                frame = self.ws.recv() => self.on_frame(frame).await,
+                _ = self.kicked.notified() => Err(End::TOO_SLOW),
+                _ = self.shutdown.changed() => Err(End::GOING_AWAY),
+                _ = sleep_until(deadline) => self.on_timer().await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// The cursor rule: drop what was sent, send the next, repair a gap from the log.
+    async fn forward(&mut self, event: &LiveEvent) -> Result<(), End> {
+        let at = self.coordinate(event.seq, event.position);
+        if at <= self.last {
+            return Ok(());
+        }
+        if matches!(self.room, RoomKey::Partner(_)) && at > self.last + 1 {
+            return Box::pin(self.catch_up(at)).await;
+        }
+        self.send(Message::Text(event.text.clone())).await?;
+        self.last = at;
+        metrics::counter!("realtime_events_sent_total").increment(1);
+        Ok(())
+    }
+
+    /// Reads the log after the cursor until a read comes back short and the
+    /// cursor has reached `want` and every live event that arrived meanwhile.
+    /// Live events met here are not kept: being committed, they are in the log.
+    async fn catch_up(&mut self, mut want: i64) -> Result<(), End> {
+        let mut empty_reads = 0;
+        loop {
+            let page = match self.room {
+                RoomKey::Partner(partner_id) => {
+                    self.log
+                        .partner_since(partner_id, self.last, REPLAY_PAGE)
+                        .await
+                }
+                RoomKey::Admin => self.log.all_since(self.last, REPLAY_PAGE).await,
+            }
+            .map_err(internal)?;
+            let mut more = page.len() as i64 == REPLAY_PAGE;
+            let empty = page.is_empty();
+            for event in page {
+                let at = self.coordinate(event.seq, event.position);
+                if at > self.last {
+                    self.send(Message::Text(Utf8Bytes::from(event.json)))
+                        .await?;
+                    self.last = at;
+                    metrics::counter!("realtime_events_replayed_total").increment(1);
+                }
+            }
+            while let Ok(notice) = self.inbox.try_recv() {
+                match notice {
+                    Notice::Event(event) => {
+                        want = want.max(self.coordinate(event.seq, event.position))
+                    }
+                    Notice::Resync => more = true,
+                }
+            }
+            if want > self.last {
+                more = true;
+                if empty {
+                    // An event announced by NOTIFY is committed and visible;
+                    // not finding it means something is badly off.
+                    empty_reads += 1;
+                    if empty_reads > 50 {
+                        tracing::error!(
+                            want,
+                            last = self.last,
+                            "realtime: a notified event is missing from the log"
+                        );
+                        return Err(End::INTERNAL);
+                    }
+                    sleep(Duration::from_millis(20)).await;
+                }
+            }
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+        let message = match frame {
+            None => return Err(End::Peer),
+            Some(Ok(message)) => message,
+            Some(Err(e)) => {
+                let too_big = matches!(
+                    e.into_inner().downcast::<tungstenite::Error>().map(|e| *e),
+                    Ok(tungstenite::Error::Capacity(_))
+                );
+                return Err(if too_big { End::TOO_BIG } else { End::Peer });
+            }
+        };
+        self.last_heard = Instant::now();
+        match message {
+            Message::Text(text) if is_ping(&text) => {
+                self.send(Message::Text(Utf8Bytes::from_static(r#"{"type":"pong"}"#)))
+                    .await
+            }
+            Message::Text(_) | Message::Binary(_) => Err(End::UNSUPPORTED),
+            Message::Ping(_) | Message::Pong(_) => Ok(()),
+            Message::Close(_) => Err(End::Peer),
+        }
+    }
+
+    async fn on_timer(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        if now >= self.expires_at {
+            return Err(End::TOKEN_EXPIRED);
+        }
+        if now >= self.last_heard + self.heartbeat_timeout {
+            return Err(End::HEARTBEAT);
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.ping_interval;
+            self.send(Message::Ping(Default::default())).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one message, giving up when the hub kicks this socket or the node shuts down.
+    async fn send(&mut self, message: Message) -> Result<(), End> {
+        tokio::select! {
+            sent = self.ws.send(message) => sent.map_err(|_| End::Peer),
+            _ = self.kicked.notified() => Err(End::TOO_SLOW),
+            _ = self.shutdown.changed() => Err(End::GOING_AWAY),
+        }
+    }
+
+    /// Says why (an `error` message, then the close frame) and waits briefly
+    /// for the peer's close. A slow consumer gets the heartbeat timeout to
+    /// drain what is queued before its close frame.
+    async fn finish(mut self, end: End) {
+        let End::Close {
+            code,
+            error,
+            message,
+        } = end
+        else {
+            let _ = timeout(CLOSE_GRACE, SinkExt::close(&mut self.ws)).await;
+            return;
+        };
+        let grace = if code == End::TOO_SLOW.code() {
+            self.heartbeat_timeout
+        } else {
+            CLOSE_GRACE
+        };
+        let error =
+            serde_json::json!({ "type": "error", "code": error, "message": message }).to_string();
+        let _ = timeout(grace, async {
+            self.ws.send(Message::Text(error.into())).await?;
+            self.ws
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(message),
+                })))
+                .await?;
+            if code == End::TOO_BIG.code() {
+                // The rest of the oversized frame is still unread, so closing the
+                // TCP socket now would send a reset that can destroy our close
+                // frame before the peer reads it: linger a little instead.
+                sleep(CLOSE_LINGER).await;
+            } else {
+                while let Some(Ok(_)) = self.ws.recv().await {}
+            }
+            Ok::<_, axum::Error>(())
+        })
+        .await;
+    }
+}
+
+impl End {
+    fn code(&self) -> u16 {
+        match self {
+            End::Close { code, .. } => *code,
+            End::Peer => 1000,
+        }
+    }
+}
+
+fn is_ping(text: &str) -> bool {
+    #[derive(Deserialize)]
+    struct ClientMessage<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<ClientMessage>(text).is_ok_and(|m| m.kind == "ping")
+}
