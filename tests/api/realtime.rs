@@ -741,3 +741,50 @@ async fn graceful_shutdown_closes_every_socket_with_1001() {
         assert_eq!(error.unwrap()["code"], "going_away");
     }
 }
+
+#[tokio::test]
+async fn an_admin_resumes_by_position_across_the_gaps_of_rolled_back_transactions() {
+    let app = spawn_app().await;
+    let acme = create_partner(&app.db.pool, "Acme", None).await;
+    let globex = create_partner(&app.db.pool, "Globex", None).await;
+    let query = format!("token={}", admin_token());
+    let (mut admin, _) = open(app.address, &query).await;
+    commit_commissions(&app.db.pool, acme, 1).await;
+    let seen = events(&mut admin, 1).await[0]["position"].as_i64().unwrap();
+    drop(admin);
+
+    commit_commissions(&app.db.pool, acme, 2).await;
+    // A verification that rolls back still draws a position: a gap in the log.
+    let mut conn = app.db.connect().await;
+    let payment = create_payment(&app.db.pool, "100.00", "NGN", Some(globex)).await;
+    let tx = conn.transaction().await.unwrap();
+    tx.execute("SELECT verify_payment($1)", &[&payment])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    commit_commissions(&app.db.pool, globex, 2).await;
+
+    let (mut admin, ready) = open(app.address, &format!("{query}&since={seen}")).await;
+    assert_eq!(ready["replay"], 4);
+    let missed = events(&mut admin, 4).await;
+    let positions: Vec<i64> = missed
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "in order: {positions:?}"
+    );
+    assert_eq!(positions.last().copied(), ready["position"].as_i64());
+    assert!(
+        positions.last().unwrap() - seen > 4,
+        "the log has a gap here: {positions:?}"
+    );
+    let partners: Vec<i64> = missed
+        .iter()
+        .map(|e| e["partner_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(partners, vec![acme, acme, globex, globex]);
+    commit_commissions(&app.db.pool, acme, 1).await;
+    assert_eq!(events(&mut admin, 1).await[0]["seq"], 4);
+}
