@@ -54,6 +54,10 @@ use crate::{
 
 /// The largest frame or message a client may send.
 pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
+/// The read buffer each socket allocates up front (it grows for a larger
+/// frame, up to [`MAX_CLIENT_MESSAGE`]). Clients send little more than pings,
+/// and at tens of thousands of idle sockets every byte here counts.
+const READ_BUFFER: usize = 512;
 /// Events read from the log per round trip while replaying.
 const REPLAY_PAGE: i64 = 500;
 /// How long a joining socket waits for its LISTEN to be in force.
@@ -128,7 +132,7 @@ pub async fn notifications(
     };
     Ok(upgrade
         .protocols(["bearer"])
-        .read_buffer_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
