@@ -288,3 +288,118 @@ impl Hub {
                 .sum::<usize>()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> (Arc<Hub>, mpsc::UnboundedReceiver<Command>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Arc::new(Hub::new(tx)), rx)
+    }
+
+    fn sql(commands: &mut mpsc::UnboundedReceiver<Command>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(command) = commands.try_recv() {
+            out.push(match command {
+                Command::Listen(c) => format!("LISTEN {c}"),
+                Command::Unlisten(c) => format!("UNLISTEN {c}"),
+                Command::Confirm(_) => "confirm".into(),
+            });
+        }
+        out
+    }
+
+    fn seat(
+        hub: &Arc<Hub>,
+        key: RoomKey,
+        capacity: usize,
+    ) -> (Membership, mpsc::Receiver<Notice>, Arc<Notify>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let kicked = Arc::new(Notify::new());
+        let (membership, _confirmed) = hub.join(key, tx, kicked.clone());
+        (membership, rx, kicked)
+    }
+
+    fn event(partner_id: i64, seq: i64, position: i64) -> String {
+        format!(
+            r#"{{"type":"commission.created","position":{position},"partner_id":{partner_id},"seq":{seq},"data":{{}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_channel_is_listened_while_its_room_has_a_member() {
+        let (hub, mut commands) = hub();
+        let (tab1, ..) = seat(&hub, RoomKey::Partner(7), 4);
+        let (tab2, ..) = seat(&hub, RoomKey::Partner(7), 4);
+        let (admin, ..) = seat(&hub, RoomKey::Admin, 4);
+        assert_eq!(
+            sql(&mut commands),
+            [
+                "LISTEN commissions_partner_7",
+                "confirm",
+                "confirm",
+                "LISTEN commissions_admin",
+                "confirm"
+            ]
+        );
+        let mut channels = hub.channels();
+        channels.sort();
+        assert_eq!(channels, ["commissions_admin", "commissions_partner_7"]);
+        drop(tab1);
+        assert!(sql(&mut commands).is_empty(), "one tab is still open");
+        drop(tab2);
+        drop(admin);
+        assert_eq!(
+            sql(&mut commands),
+            [
+                "UNLISTEN commissions_partner_7",
+                "UNLISTEN commissions_admin"
+            ]
+        );
+        assert!(hub.channels().is_empty());
+        assert_eq!(hub.socket_count(), 0);
+    }
+
+    #[test]
+    fn an_event_reaches_only_the_room_of_its_channel() {
+        let (hub, _commands) = hub();
+        let (_a, mut acme, _) = seat(&hub, RoomKey::Partner(7), 4);
+        let (_g, mut globex, _) = seat(&hub, RoomKey::Partner(8), 4);
+        let (_x, mut admin, _) = seat(&hub, RoomKey::Admin, 4);
+        hub.dispatch("commissions_partner_7", &event(7, 1, 10));
+        hub.dispatch("commissions_admin", &event(7, 1, 10));
+        // Forged or foreign payloads are dropped, not routed.
+        hub.dispatch("commissions_partner_8", &event(7, 2, 11));
+        hub.dispatch("commissions_partner_8", "not json");
+        hub.dispatch("other_channel", &event(8, 1, 12));
+        let Ok(Notice::Event(got)) = acme.try_recv() else {
+            panic!("acme gets its event")
+        };
+        assert_eq!((got.partner_id, got.seq, got.position), (7, 1, 10));
+        assert_eq!(got.text.as_str(), event(7, 1, 10));
+        assert!(acme.try_recv().is_err());
+        assert!(globex.try_recv().is_err(), "globex sees nothing of acme");
+        assert!(matches!(admin.try_recv(), Ok(Notice::Event(e)) if e.position == 10));
+        assert!(admin.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_member_with_a_full_inbox_is_kicked_and_the_others_keep_receiving() {
+        let (hub, mut commands) = hub();
+        let (_slow_seat, _slow_inbox, kicked) = seat(&hub, RoomKey::Partner(7), 1);
+        let (_fast_seat, mut fast, _) = seat(&hub, RoomKey::Partner(7), 8);
+        sql(&mut commands);
+        for seq in 1..=3 {
+            hub.dispatch("commissions_partner_7", &event(7, seq, seq));
+            assert!(matches!(fast.try_recv(), Ok(Notice::Event(e)) if e.seq == seq));
+        }
+        assert_eq!(hub.socket_count(), 1, "the slow member left the room");
+        // The kick is remembered even though nobody was waiting for it yet.
+        futures::executor::block_on(kicked.notified());
+        assert!(
+            sql(&mut commands).is_empty(),
+            "the fast member keeps the channel listened"
+        );
+    }
+}

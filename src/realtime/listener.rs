@@ -11,11 +11,20 @@
 //! knows its LISTEN is in force before it reads the head of the log.
 //!
 //! When the connection drops, the listener reconnects with backoff, LISTENs
-//! on every channel the rooms need at that moment, executes what was queued
-//! meanwhile, and then tells the hub to resync: every socket reads from the
-//! event log what it may have missed while nothing was listening.
+//! on every channel the rooms need at that moment, then tells the hub to
+//! resync (every socket reads from the event log what it may have missed
+//! while nothing was listening) and only then lets the new connection's
+//! notifications through, so a Resync always precedes them in an inbox.
+//! Commands queued meanwhile are executed after that, in order.
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{
+    str::FromStr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use futures::{stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -84,7 +93,7 @@ pub async fn run(
             return;
         }
         let session = connect(&config, hub.clone()).await;
-        let (client, mut lost) = match session {
+        let (client, mut lost, live) = match session {
             Ok(session) => session,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "the LISTEN connection failed");
@@ -113,6 +122,9 @@ pub async fn run(
             tracing::info!("the LISTEN connection is back; sockets catch up from the event log");
             hub.resync();
         }
+        // Only now may notifications of this connection reach the sockets:
+        // each inbox then holds the Resync before any of them (see `connect`).
+        live.store(true, Ordering::Release);
         connected_before = true;
         loop {
             if pending.is_empty() {
@@ -140,18 +152,37 @@ pub async fn run(
 }
 
 /// Connects and spawns the task that drives the connection, handing every
-/// notification to the hub. The receiver resolves when the connection ends.
+/// notification to the hub once the returned flag is set. The receiver
+/// resolves when the connection ends.
+///
+/// Notifications that arrive before the flag is set are dropped, and that
+/// loses nothing: the flag is set right after the hub's resync, so every
+/// socket still has a read of the log ahead of it, and a notified event is
+/// committed, hence in that read. Delivering them instead could put a new
+/// event ahead of the Resync in an admin socket's inbox; its cursor would then
+/// jump past the events missed while disconnected, which no gap reveals.
 async fn connect(
     config: &tokio_postgres::Config,
     hub: Arc<Hub>,
-) -> Result<(tokio_postgres::Client, oneshot::Receiver<()>), tokio_postgres::Error> {
+) -> Result<
+    (
+        tokio_postgres::Client,
+        oneshot::Receiver<()>,
+        Arc<AtomicBool>,
+    ),
+    tokio_postgres::Error,
+> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let (lost_tx, lost) = oneshot::channel();
+    let live = Arc::new(AtomicBool::new(false));
+    let dispatching = live.clone();
     tokio::spawn(async move {
         let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
-                Ok(AsyncMessage::Notification(n)) => hub.dispatch(n.channel(), n.payload()),
+                Ok(AsyncMessage::Notification(n)) if dispatching.load(Ordering::Acquire) => {
+                    hub.dispatch(n.channel(), n.payload())
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "the LISTEN connection failed");
@@ -161,7 +192,7 @@ async fn connect(
         }
         let _ = lost_tx.send(());
     });
-    Ok((client, lost))
+    Ok((client, lost, live))
 }
 
 /// Sleeps; true if shutdown came first.

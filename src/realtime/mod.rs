@@ -20,7 +20,10 @@
 //! - The admin room's `position` is in commit order but may skip numbers
 //!   (rolled-back transactions), so it cannot reveal a gap. It drops
 //!   `position <= last sent`, and after the LISTEN connection comes back it
-//!   reads everything after its cursor from the log.
+//!   reads everything after its cursor from the log. For that to be enough,
+//!   the Resync must reach the socket before any event of the new connection
+//!   (else the cursor would jump past the missed events): the listener holds
+//!   the new connection's notifications back until the hub has sent it.
 //! - Joining: the socket takes its seat first and waits until its LISTEN is
 //!   executed; only then does it read the head of the log, send `ready`, and
 //!   replay `(since, head]`. Any event that commits after the head was read

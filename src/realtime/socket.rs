@@ -54,6 +54,10 @@ use crate::{
 
 /// The largest frame or message a client may send.
 pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
+/// The read buffer each socket allocates up front (it grows for a larger
+/// frame, up to [`MAX_CLIENT_MESSAGE`]). Clients send little more than pings,
+/// and at tens of thousands of idle sockets every byte here counts.
+const READ_BUFFER: usize = 512;
 /// Events read from the log per round trip while replaying.
 const REPLAY_PAGE: i64 = 500;
 /// How long a joining socket waits for its LISTEN to be in force.
@@ -128,7 +132,7 @@ pub async fn notifications(
     };
     Ok(upgrade
         .protocols(["bearer"])
-        .read_buffer_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
@@ -173,13 +177,19 @@ fn room_for(claims: &Claims, partner_id: Option<i64>) -> Result<RoomKey, Error> 
     }
 }
 
-/// The instant the token's `exp` (seconds since the epoch) passes.
+/// The instant the token's `exp` (seconds since the epoch) passes. Capped at
+/// a year, so an absurd `exp` cannot overflow `Instant` (such a socket is
+/// closed with 4001 after a year, and simply reconnects).
 fn expiry(exp: i64) -> Instant {
+    const YEAR_MS: i64 = 365 * 24 * 3600 * 1000;
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let left_ms = exp.saturating_mul(1000).saturating_sub(now_ms).max(0);
+    let left_ms = exp
+        .saturating_mul(1000)
+        .saturating_sub(now_ms)
+        .clamp(0, YEAR_MS);
     Instant::now() + Duration::from_millis(left_ms as u64)
 }
 
@@ -276,12 +286,14 @@ impl Session {
             heartbeat_timeout: Duration::from_millis(config.ws_heartbeat_timeout_ms),
             expires_at: self.expires_at,
         };
-        let end = match stream.open(confirmed, &self.relay, self.since).await {
+        // Opening and closing are boxed: their (large) state then lives on the
+        // heap only while they run, and an idle socket's task stays small.
+        let end = match Box::pin(stream.open(confirmed, &self.relay, self.since)).await {
             Ok(()) => stream.live().await,
             Err(end) => end,
         };
         drop(membership);
-        stream.finish(end).await;
+        Box::pin(stream.finish(end)).await;
     }
 }
 

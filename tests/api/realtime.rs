@@ -88,8 +88,9 @@ async fn open(address: SocketAddr, query: &str) -> (Ws, Value) {
 
 /// The next JSON message; WebSocket pings and pongs are skipped.
 async fn next_message(ws: &mut Ws) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let frame = timeout(PATIENCE, ws.next())
+        let frame = tokio::time::timeout_at(deadline, ws.next())
             .await
             .expect("a message before the patience runs out")
             .expect("the socket is open")
@@ -174,11 +175,18 @@ async fn refused(
 /// Commits `n` commissions for a partner, one transaction each, through `verify_payment`.
 async fn commit_commissions(db: &sqlx::PgPool, partner_id: i64, n: usize) {
     for _ in 0..n {
-        let payment = create_payment(db, "100.00", "NGN", Some(partner_id)).await;
-        sqlx::query("SELECT verify_payment($1)")
+        let payment = timeout(
+            PATIENCE,
+            create_payment(db, "100.00", "NGN", Some(partner_id)),
+        )
+        .await
+        .expect("the payment is inserted in time");
+        let verify = sqlx::query("SELECT verify_payment($1)")
             .bind(payment)
-            .execute(db)
+            .execute(db);
+        timeout(PATIENCE, verify)
             .await
+            .expect("verify_payment returns in time")
             .expect("verify");
     }
 }
@@ -291,20 +299,25 @@ async fn replay_racing_with_commits_has_no_gap_and_no_duplicate() {
 
     let pool = app.db.pool.clone();
     let racing = tokio::spawn(async move { commit_commissions(&pool, acme, 200).await });
-    let (mut partner, _) = open(
-        app.address,
-        &format!("token={}&since=0", partner_token(acme)),
-    )
-    .await;
-    let (mut admin, _) = open(app.address, &format!("token={}&since=0", admin_token())).await;
+    let address = app.address;
+    let partner_query = format!("token={}&since=0", partner_token(acme));
+    let admin_query = format!("token={}&since=0", admin_token());
+    let partner = tokio::spawn(async move {
+        let (mut ws, _) = open(address, &partner_query).await;
+        let got = events(&mut ws, 500).await;
+        (ws, got)
+    });
+    let admin = tokio::spawn(async move {
+        let (mut ws, _) = open(address, &admin_query).await;
+        let got = events(&mut ws, 500).await;
+        (ws, got)
+    });
     racing.await.unwrap();
 
-    assert_eq!(
-        seqs(&events(&mut partner, 500).await),
-        (1..=500).collect::<Vec<_>>()
-    );
-    let positions: Vec<i64> = events(&mut admin, 500)
-        .await
+    let (mut partner, got) = partner.await.unwrap();
+    assert_eq!(seqs(&got), (1..=500).collect::<Vec<_>>());
+    let (_admin, got) = admin.await.unwrap();
+    let positions: Vec<i64> = got
         .iter()
         .map(|e| e["position"].as_i64().unwrap())
         .collect();
@@ -328,21 +341,30 @@ async fn killing_the_listen_connection_during_a_thousand_commits_loses_and_repea
     let other_node = spawn_node(&app.db.url, |_| {}).await;
     let acme = create_partner(&app.db.pool, "Acme", None).await;
     let token = partner_token(acme);
-    let (mut on_a, _) = open(app.address, &format!("token={token}")).await;
-    let (mut on_b, _) = open(other_node.address, &format!("token={token}")).await;
-    let (mut admin, _) = open(app.address, &format!("token={}", admin_token())).await;
+    let (on_a, _) = open(app.address, &format!("token={token}")).await;
+    let (on_b, _) = open(other_node.address, &format!("token={token}")).await;
+    let (admin, _) = open(app.address, &format!("token={}", admin_token())).await;
+    // Every socket reads as the commits flow, as a dashboard does.
+    let readers = [on_a, on_b, admin].map(|mut ws| {
+        tokio::spawn(async move {
+            let got = events(&mut ws, 1000).await;
+            (ws, got)
+        })
+    });
 
     let pool = app.db.pool.clone();
     let committing = tokio::spawn(async move { commit_commissions(&pool, acme, 1000).await });
     let mut killed = 0;
     while !committing.is_finished() {
-        let n: i64 = sqlx::query_scalar(
+        let n = sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
               WHERE application_name = 'commissions:listener' AND datname = current_database()) t",
         )
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+        .fetch_one(&app.db.pool);
+        let n = timeout(PATIENCE, n)
+            .await
+            .expect("the kill returns in time")
+            .unwrap();
         killed += n;
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -352,14 +374,13 @@ async fn killing_the_listen_connection_during_a_thousand_commits_loses_and_repea
         "the listeners were terminated during the commits ({killed} times)"
     );
 
-    for ws in [&mut on_a, &mut on_b] {
-        assert_eq!(
-            seqs(&events(ws, 1000).await),
-            (1..=1000).collect::<Vec<_>>()
-        );
-    }
-    let positions: Vec<i64> = events(&mut admin, 1000)
-        .await
+    let [on_a, on_b, admin] = readers;
+    let (mut on_a, got) = on_a.await.unwrap();
+    assert_eq!(seqs(&got), (1..=1000).collect::<Vec<_>>());
+    let (mut on_b, got) = on_b.await.unwrap();
+    assert_eq!(seqs(&got), (1..=1000).collect::<Vec<_>>());
+    let (mut admin, got) = admin.await.unwrap();
+    let positions: Vec<i64> = got
         .iter()
         .map(|e| e["position"].as_i64().unwrap())
         .collect();
@@ -719,4 +740,51 @@ async fn graceful_shutdown_closes_every_socket_with_1001() {
         assert_eq!(code, 1001);
         assert_eq!(error.unwrap()["code"], "going_away");
     }
+}
+
+#[tokio::test]
+async fn an_admin_resumes_by_position_across_the_gaps_of_rolled_back_transactions() {
+    let app = spawn_app().await;
+    let acme = create_partner(&app.db.pool, "Acme", None).await;
+    let globex = create_partner(&app.db.pool, "Globex", None).await;
+    let query = format!("token={}", admin_token());
+    let (mut admin, _) = open(app.address, &query).await;
+    commit_commissions(&app.db.pool, acme, 1).await;
+    let seen = events(&mut admin, 1).await[0]["position"].as_i64().unwrap();
+    drop(admin);
+
+    commit_commissions(&app.db.pool, acme, 2).await;
+    // A verification that rolls back still draws a position: a gap in the log.
+    let mut conn = app.db.connect().await;
+    let payment = create_payment(&app.db.pool, "100.00", "NGN", Some(globex)).await;
+    let tx = conn.transaction().await.unwrap();
+    tx.execute("SELECT verify_payment($1)", &[&payment])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    commit_commissions(&app.db.pool, globex, 2).await;
+
+    let (mut admin, ready) = open(app.address, &format!("{query}&since={seen}")).await;
+    assert_eq!(ready["replay"], 4);
+    let missed = events(&mut admin, 4).await;
+    let positions: Vec<i64> = missed
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "in order: {positions:?}"
+    );
+    assert_eq!(positions.last().copied(), ready["position"].as_i64());
+    assert!(
+        positions.last().unwrap() - seen > 4,
+        "the log has a gap here: {positions:?}"
+    );
+    let partners: Vec<i64> = missed
+        .iter()
+        .map(|e| e["partner_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(partners, vec![acme, acme, globex, globex]);
+    commit_commissions(&app.db.pool, acme, 1).await;
+    assert_eq!(events(&mut admin, 1).await[0]["seq"], 4);
 }
