@@ -788,3 +788,26 @@ async fn an_admin_resumes_by_position_across_the_gaps_of_rolled_back_transaction
     commit_commissions(&app.db.pool, acme, 1).await;
     assert_eq!(events(&mut admin, 1).await[0]["seq"], 4);
 }
+
+#[tokio::test]
+async fn a_payment_verified_through_node_b_reaches_a_socket_on_node_a() {
+    let app = spawn_app().await;
+    let node_b = spawn_node(&app.db.url, |_| {}).await;
+    let acme = create_partner(&app.db.pool, "Acme", None).await;
+    let payment = create_payment(&app.db.pool, "250.00", "NGN", Some(acme)).await;
+    let (mut on_a, _) = open(app.address, &format!("token={}", partner_token(acme))).await;
+
+    let response = app
+        .http
+        .post(format!("{}/api/payments/{payment}/verify", node_b.base))
+        .bearer_auth(admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let got = events(&mut on_a, 1).await;
+    assert_eq!(got[0]["seq"], 1);
+    assert_eq!(got[0]["data"]["payment_id"], payment);
+    assert_eq!(got[0]["data"]["amount"], "5.00");
+}
