@@ -13,10 +13,16 @@ use std::{
 
 use crate::node::BenchDatabase;
 
-pub async fn measure(db: &BenchDatabase, clients: usize, duration: Duration) -> anyhow::Result<f64> {
+pub async fn measure(
+    db: &BenchDatabase,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
     db.connect()
         .await?
-        .batch_execute("CREATE TABLE IF NOT EXISTS bench_ceiling (id bigserial PRIMARY KEY, v int NOT NULL)")
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS bench_ceiling (id bigserial PRIMARY KEY, v int NOT NULL)",
+        )
         .await?;
     let done = Arc::new(AtomicU64::new(0));
     let mut connections = Vec::new();

@@ -30,7 +30,10 @@ pub const AMOUNT_BASE_MINOR: u64 = 1_000_000;
 
 impl Clock {
     pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Self { start: Instant::now(), sent: (0..capacity).map(|_| AtomicU64::new(0)).collect() })
+        Arc::new(Self {
+            start: Instant::now(),
+            sent: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+        })
     }
 
     pub fn capacity(&self) -> usize {
@@ -99,15 +102,23 @@ pub fn token(sub: &str, room: Room) -> String {
     commissions::auth::mint(&claims, node::JWT_SECRET)
 }
 
-pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Connects and waits for `ready`; returns the socket and the head it reported.
-pub async fn connect(ws_url: &str, sub: &str, room: Room, since: Option<i64>) -> anyhow::Result<(Socket, i64)> {
+pub async fn connect(
+    ws_url: &str,
+    sub: &str,
+    room: Room,
+    since: Option<i64>,
+) -> anyhow::Result<(Socket, i64)> {
     let mut url = format!("{ws_url}?token={}", token(sub, room));
     if let Some(since) = since {
         url.push_str(&format!("&since={since}"));
     }
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.context("websocket handshake")?;
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .context("websocket handshake")?;
     while let Some(message) = socket.next().await {
         if let Message::Text(text) = message? {
             let incoming: Incoming = serde_json::from_str(&text)?;
@@ -157,7 +168,11 @@ pub async fn consume(
         let text = match next {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(frame))) => {
-                outcome.closed_early = Some(frame.map(|f| format!("{} {}", f.code, f.reason)).unwrap_or_default());
+                outcome.closed_early = Some(
+                    frame
+                        .map(|f| format!("{} {}", f.code, f.reason))
+                        .unwrap_or_default(),
+                );
                 break;
             }
             Some(Ok(_)) => continue,
@@ -170,7 +185,9 @@ pub async fn consume(
                 break;
             }
         };
-        let Ok(incoming) = serde_json::from_str::<Incoming>(&text) else { continue };
+        let Ok(incoming) = serde_json::from_str::<Incoming>(&text) else {
+            continue;
+        };
         let cursor = match room {
             Room::Partner(_) => incoming.seq,
             Room::Admin => incoming.position,
@@ -185,7 +202,11 @@ pub async fn consume(
         }
         last = cursor;
         outcome.received += 1;
-        if let Some(micros) = incoming.data.and_then(|d| d.payment_amount).and_then(|a| clock.latency_micros(a)) {
+        if let Some(micros) = incoming
+            .data
+            .and_then(|d| d.payment_amount)
+            .and_then(|a| clock.latency_micros(a))
+        {
             let _ = outcome.latency_us.record(micros.max(1));
         }
     }
@@ -202,13 +223,26 @@ pub struct IdleRow {
 }
 
 /// RSS growth of a fresh node per idle socket held open.
-pub async fn idle_rss(db: &BenchDatabase, count: usize, partners: usize) -> anyhow::Result<IdleRow> {
+pub async fn idle_rss(
+    db: &BenchDatabase,
+    count: usize,
+    partners: usize,
+) -> anyhow::Result<IdleRow> {
     let partner_ids = crate::driver::create_partners(db, partners).await?;
     let node = Node::start(db).await?;
     // Warm up: one socket per partner, so the baseline includes the code paths and LISTENs.
     let mut warm = Vec::new();
     for (i, partner) in partner_ids.iter().enumerate() {
-        warm.push(connect(&node.ws(), &format!("warm-{i}"), Room::Partner(*partner), None).await?.0);
+        warm.push(
+            connect(
+                &node.ws(),
+                &format!("warm-{i}"),
+                Room::Partner(*partner),
+                None,
+            )
+            .await?
+            .0,
+        );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = node.stats().rss_kib;
@@ -222,7 +256,9 @@ pub async fn idle_rss(db: &BenchDatabase, count: usize, partners: usize) -> anyh
         for &i in chunk {
             let ws = ws.clone();
             let room = Room::Partner(partner_ids[i % partner_ids.len()]);
-            batch.push(tokio::spawn(async move { connect(&ws, &format!("idle-{i}"), room, None).await }));
+            batch.push(tokio::spawn(async move {
+                connect(&ws, &format!("idle-{i}"), room, None).await
+            }));
         }
         for task in batch {
             let (mut socket, _) = task.await??;

@@ -93,7 +93,10 @@ fn stripe_signature(body: &str) -> String {
     let timestamp = chrono::Utc::now().timestamp();
     let mut mac = Hmac::<Sha256>::new_from_slice(STRIPE_SECRET.as_bytes()).expect("any key length");
     mac.update(format!("{timestamp}.{body}").as_bytes());
-    format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
 }
 
 enum Sender {
@@ -105,7 +108,9 @@ impl Sender {
     async fn send(&self, request: u64, partner: i64) -> anyhow::Result<()> {
         match self {
             Sender::Sql(client, statement) => {
-                client.execute(statement, &[&amount_of(request), &partner]).await?;
+                client
+                    .execute(statement, &[&amount_of(request), &partner])
+                    .await?;
             }
             Sender::Webhook(http, nodes) => {
                 let body = stripe_event(request, partner);
@@ -117,7 +122,11 @@ impl Sender {
                     .body(body)
                     .send()
                     .await?;
-                anyhow::ensure!(response.status().is_success(), "webhook answered {}", response.status());
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "webhook answered {}",
+                    response.status()
+                );
             }
         }
         Ok(())
@@ -145,7 +154,9 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
         for &(i, room) in chunk {
             let ws = nodes[i % nodes.len()].ws();
             batch.push(tokio::spawn(async move {
-                clients::connect(&ws, &format!("bench-{i}"), room, None).await.map(|(s, head)| (s, room, head))
+                clients::connect(&ws, &format!("bench-{i}"), room, None)
+                    .await
+                    .map(|(s, head)| (s, room, head))
             }));
         }
         for task in batch {
@@ -164,10 +175,21 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
     for (socket, room, head) in sockets {
         let (clock, stop, expected) = (clock.clone(), stop_rx.clone(), expected.clone());
         consumers.push(tokio::spawn(async move {
-            clients::consume(socket, room, head, clock, stop, move |r| expected.get().and_then(|m| m.get(&r).copied())).await
+            clients::consume(socket, room, head, clock, stop, move |r| {
+                expected.get().and_then(|m| m.get(&r).copied())
+            })
+            .await
         }));
     }
-    let admin_head = db.connect().await?.query_one("SELECT coalesce(max(position), 0) FROM commission_events", &[]).await?.get::<_, i64>(0);
+    let admin_head = db
+        .connect()
+        .await?
+        .query_one(
+            "SELECT coalesce(max(position), 0) FROM commission_events",
+            &[],
+        )
+        .await?
+        .get::<_, i64>(0);
 
     let kills = Arc::new(AtomicU64::new(0));
     let killer = load.kill_listener_every.map(|every| {
@@ -225,10 +247,18 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
                     .await?;
                 Sender::Sql(client, statement)
             }
-            Path::Webhook => Sender::Webhook(reqwest::Client::new(), nodes.iter().map(Node::http).collect()),
+            Path::Webhook => Sender::Webhook(
+                reqwest::Client::new(),
+                nodes.iter().map(Node::http).collect(),
+            ),
         };
-        let (clock, partners, next_request, failed, tickets) =
-            (clock.clone(), partners.clone(), next_request.clone(), failed.clone(), ticket_rx.clone());
+        let (clock, partners, next_request, failed, tickets) = (
+            clock.clone(),
+            partners.clone(),
+            next_request.clone(),
+            failed.clone(),
+            ticket_rx.clone(),
+        );
         let paced = load.rate.is_some();
         workers.push(tokio::spawn(async move {
             loop {
@@ -247,7 +277,10 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
                     break;
                 }
                 clock.mark_sent(request);
-                if let Err(e) = sender.send(request, partners[request as usize % partners.len()]).await {
+                if let Err(e) = sender
+                    .send(request, partners[request as usize % partners.len()])
+                    .await
+                {
                     if failed.fetch_add(1, Ordering::Relaxed) < 3 {
                         eprintln!("request {request} failed: {e:#}");
                     }
@@ -271,11 +304,20 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
     // What each room should have received: the log says.
     let client = db.connect().await?;
     let mut want = HashMap::new();
-    for row in client.query("SELECT id, last_seq FROM partners WHERE id = ANY($1)", &[&partners]).await? {
+    for row in client
+        .query(
+            "SELECT id, last_seq FROM partners WHERE id = ANY($1)",
+            &[&partners],
+        )
+        .await?
+    {
         want.insert(Room::Partner(row.get(0)), row.get::<_, i64>(1) as u64);
     }
     let committed_events: i64 = client
-        .query_one("SELECT count(*) FROM commission_events WHERE position > $1", &[&admin_head])
+        .query_one(
+            "SELECT count(*) FROM commission_events WHERE position > $1",
+            &[&admin_head],
+        )
         .await?
         .get(0);
     want.insert(Room::Admin, committed_events as u64);
@@ -283,7 +325,9 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
     let _ = stop_tx.send(Some(committed_events as u64));
 
     let mut outcome = Outcome {
-        sent: next_request.load(Ordering::Relaxed).min(clock.capacity() as u64),
+        sent: next_request
+            .load(Ordering::Relaxed)
+            .min(clock.capacity() as u64),
         failed_requests: failed.load(Ordering::Relaxed),
         elapsed,
         committed_events: committed_events as u64,
@@ -297,7 +341,11 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
         server_peak_rss_kib: cpu_after.iter().map(|s| s.peak_rss_kib).max().unwrap_or(0),
         listener_kills: kills.load(Ordering::Relaxed),
     };
-    let cpu: f64 = cpu_after.iter().zip(&cpu_before).map(|(a, b)| a.cpu_seconds - b.cpu_seconds).sum();
+    let cpu: f64 = cpu_after
+        .iter()
+        .zip(&cpu_before)
+        .map(|(a, b)| a.cpu_seconds - b.cpu_seconds)
+        .sum();
     outcome.server_cpu_percent = 100.0 * cpu / elapsed.as_secs_f64();
     for consumer in consumers {
         let socket: SocketOutcome = consumer.await?;
@@ -343,7 +391,8 @@ pub struct ResumeRow {
 pub async fn resume(db: &BenchDatabase, missed: usize) -> anyhow::Result<ResumeRow> {
     let partner = create_partners(db, 1).await?[0];
     let node = Node::start(db).await?;
-    let (socket, head) = clients::connect(&node.ws(), "resume", Room::Partner(partner), None).await?;
+    let (socket, head) =
+        clients::connect(&node.ws(), "resume", Room::Partner(partner), None).await?;
     drop(socket);
     db.connect()
         .await?
@@ -355,10 +404,14 @@ pub async fn resume(db: &BenchDatabase, missed: usize) -> anyhow::Result<ResumeR
         .await?;
     let target = head + missed as i64;
     let started = Instant::now();
-    let (mut socket, _) = clients::connect(&node.ws(), "resume", Room::Partner(partner), Some(head)).await?;
+    let (mut socket, _) =
+        clients::connect(&node.ws(), "resume", Room::Partner(partner), Some(head)).await?;
     let (mut received, mut duplicates, mut last) = (0usize, 0usize, head);
     while last < target {
-        let Some(message) = tokio::time::timeout(Duration::from_secs(30), socket.next()).await? else { break };
+        let Some(message) = tokio::time::timeout(Duration::from_secs(30), socket.next()).await?
+        else {
+            break;
+        };
         if let Message::Text(text) = message? {
             let value: serde_json::Value = serde_json::from_str(&text)?;
             if let Some(seq) = value["seq"].as_i64().filter(|_| value["type"] != "ready") {
@@ -371,5 +424,10 @@ pub async fn resume(db: &BenchDatabase, missed: usize) -> anyhow::Result<ResumeR
             }
         }
     }
-    Ok(ResumeRow { missed, received, duplicates, millis_to_all: started.elapsed().as_secs_f64() * 1000.0 })
+    Ok(ResumeRow {
+        missed,
+        received,
+        duplicates,
+        millis_to_all: started.elapsed().as_secs_f64() * 1000.0,
+    })
 }

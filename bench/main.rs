@@ -47,9 +47,19 @@ pub enum Scenario {
 #[command(name = "load", about = "Load generator for the commissions service")]
 pub struct Args {
     /// PostgreSQL superuser URL (maintenance database); the bench creates its own database.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
     pub database_url: String,
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "ceiling,max-webhook,max-sql,rate,half-ceiling,resume,chaos,idle")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ceiling,max-webhook,max-sql,rate,half-ceiling,resume,chaos,idle"
+    )]
     pub scenarios: Vec<Scenario>,
     /// Service nodes for the throughput scenarios.
     #[arg(long, default_value_t = 1)]
@@ -96,12 +106,21 @@ pub struct Args {
 fn raise_fd_limit() {
     // 20k sockets on each side need more descriptors than the default; root may raise the hard limit.
     let want: libc::rlim_t = 200_000;
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        let raised = libc::rlimit { rlim_cur: want, rlim_max: want.max(limit.rlim_max) };
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: want.max(limit.rlim_max),
+        };
         if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-            let soft = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            let soft = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
             libc::setrlimit(libc::RLIMIT_NOFILE, &soft);
         }
     }
@@ -119,7 +138,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let bench_db = node::BenchDatabase::create(&args.database_url, &args.synchronous_commit).await?;
+    let bench_db =
+        node::BenchDatabase::create(&args.database_url, &args.synchronous_commit).await?;
     let mut report = report::Report::new(&args);
     let result = run_scenarios(&args, &bench_db, &mut report).await;
     report.print();
@@ -128,14 +148,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-async fn run_scenarios(args: &Args, db: &node::BenchDatabase, report: &mut report::Report) -> anyhow::Result<()> {
+async fn run_scenarios(
+    args: &Args,
+    db: &node::BenchDatabase,
+    report: &mut report::Report,
+) -> anyhow::Result<()> {
     let ceiling = if args.scenarios.contains(&Scenario::Ceiling)
         || args.scenarios.contains(&Scenario::HalfCeiling)
-        || args.scenarios.iter().any(|s| matches!(s, Scenario::MaxSql | Scenario::MaxWebhook))
+        || args
+            .scenarios
+            .iter()
+            .any(|s| matches!(s, Scenario::MaxSql | Scenario::MaxWebhook))
     {
         let tps = ceiling::measure(db, args.concurrency, Duration::from_secs(args.seconds)).await?;
         report.ceiling = Some(tps);
-        eprintln!("ceiling: {tps:.0} insert+notify commits/s at {} clients", args.concurrency);
+        eprintln!(
+            "ceiling: {tps:.0} insert+notify commits/s at {} clients",
+            args.concurrency
+        );
         Some(tps)
     } else {
         None
@@ -155,24 +185,58 @@ async fn run_scenarios(args: &Args, db: &node::BenchDatabase, report: &mut repor
         };
         let (name, plan) = match scenario {
             Scenario::Ceiling | Scenario::Idle | Scenario::Resume => continue,
-            Scenario::MaxWebhook => ("max rate, webhook", load(args.nodes, args.sockets, None, driver::Path::Webhook, None)),
-            Scenario::MaxSql => ("max rate, SQL", load(args.nodes, args.sockets, None, driver::Path::Sql, None)),
+            Scenario::MaxWebhook => (
+                "max rate, webhook",
+                load(args.nodes, args.sockets, None, driver::Path::Webhook, None),
+            ),
+            Scenario::MaxSql => (
+                "max rate, SQL",
+                load(args.nodes, args.sockets, None, driver::Path::Sql, None),
+            ),
             Scenario::Rate => (
                 "fixed rate, webhook",
-                load(args.nodes, args.sockets, Some(args.rate), driver::Path::Webhook, None),
+                load(
+                    args.nodes,
+                    args.sockets,
+                    Some(args.rate),
+                    driver::Path::Webhook,
+                    None,
+                ),
             ),
             Scenario::HalfCeiling => {
                 let rate = ceiling.map(|c| (c / 2.0) as u64).unwrap_or(args.rate);
-                ("half the ceiling, webhook", load(args.half_nodes, args.half_sockets, Some(rate), driver::Path::Webhook, None))
+                (
+                    "half the ceiling, webhook",
+                    load(
+                        args.half_nodes,
+                        args.half_sockets,
+                        Some(rate),
+                        driver::Path::Webhook,
+                        None,
+                    ),
+                )
             }
             Scenario::Chaos => (
                 "listener killed every 1.5 s, SQL",
-                load(1, args.sockets, Some(args.rate), driver::Path::Sql, Some(Duration::from_millis(args.kill_every_ms))),
+                load(
+                    1,
+                    args.sockets,
+                    Some(args.rate),
+                    driver::Path::Sql,
+                    Some(Duration::from_millis(args.kill_every_ms)),
+                ),
             ),
         };
-        eprintln!("running: {name} ({} nodes, {} sockets)", plan.nodes, plan.sockets);
-        let outcome = driver::run(db, &plan).await.with_context(|| format!("scenario {name}"))?;
-        report.loads.push(report::LoadRow::new(name, &plan, &outcome, ceiling));
+        eprintln!(
+            "running: {name} ({} nodes, {} sockets)",
+            plan.nodes, plan.sockets
+        );
+        let outcome = driver::run(db, &plan)
+            .await
+            .with_context(|| format!("scenario {name}"))?;
+        report
+            .loads
+            .push(report::LoadRow::new(name, &plan, &outcome, ceiling));
     }
 
     if args.scenarios.contains(&Scenario::Resume) {
@@ -182,7 +246,9 @@ async fn run_scenarios(args: &Args, db: &node::BenchDatabase, report: &mut repor
     if args.scenarios.contains(&Scenario::Idle) {
         for &count in &args.idle_sockets {
             eprintln!("running: {count} idle sockets");
-            report.idle.push(clients::idle_rss(db, count, args.partners).await?);
+            report
+                .idle
+                .push(clients::idle_rss(db, count, args.partners).await?);
         }
     }
     Ok(())

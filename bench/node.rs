@@ -22,21 +22,43 @@ pub struct BenchDatabase {
 impl BenchDatabase {
     pub async fn create(admin_url: &str, synchronous_commit: &str) -> anyhow::Result<Self> {
         let name = format!("commissions_bench_{}", std::process::id());
-        let admin = connect(admin_url).await.context("DATABASE_URL reaches no PostgreSQL")?;
+        let admin = connect(admin_url)
+            .await
+            .context("DATABASE_URL reaches no PostgreSQL")?;
         // Two statements, two round trips: a multi-statement string is one implicit transaction.
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
         // Every session of this database, the ceiling's and the nodes', commits the same way.
-        admin.batch_execute(&format!("ALTER DATABASE {name} SET synchronous_commit = {synchronous_commit}")).await?;
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {name} SET synchronous_commit = {synchronous_commit}"
+            ))
+            .await?;
         let base = admin_url.split('?').next().unwrap_or(admin_url);
-        let url = format!("{}/{name}", base.rsplit_once('/').map(|(s, _)| s).unwrap_or(base));
+        let url = format!(
+            "{}/{name}",
+            base.rsplit_once('/').map(|(s, _)| s).unwrap_or(base)
+        );
         commissions::db::migrate(&url).await?;
-        Ok(Self { admin_url: admin_url.to_owned(), name, url })
+        Ok(Self {
+            admin_url: admin_url.to_owned(),
+            name,
+            url,
+        })
     }
 
     pub async fn drop_database(&self) {
         if let Ok(admin) = connect(&self.admin_url).await {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await;
+            let _ = admin
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .await;
         }
     }
 
@@ -110,7 +132,9 @@ impl Drop for Node {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// CPU time and memory of a process, from /proc.
@@ -125,8 +149,16 @@ impl ProcessStats {
     pub fn read(pid: u32) -> Self {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Fields after the parenthesised command name; utime and stime are the 12th and 13th of those.
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let kib = |key: &str| {
@@ -137,6 +169,10 @@ impl ProcessStats {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        Self { cpu_seconds: (ticks(11) + ticks(12)) / hz, rss_kib: kib("VmRSS:"), peak_rss_kib: kib("VmHWM:") }
+        Self {
+            cpu_seconds: (ticks(11) + ticks(12)) / hz,
+            rss_kib: kib("VmRSS:"),
+            peak_rss_kib: kib("VmHWM:"),
+        }
     }
 }

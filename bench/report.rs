@@ -77,10 +77,16 @@ impl LoadRow {
 }
 
 fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
     format!("{cpus} cores, {model}")
 }
@@ -89,7 +95,11 @@ impl Report {
     pub fn new(args: &Args) -> Self {
         Self {
             machine: machine(),
-            args: std::env::args().skip(1).filter(|a| a != "--bench").collect::<Vec<_>>().join(" "),
+            args: std::env::args()
+                .skip(1)
+                .filter(|a| a != "--bench")
+                .collect::<Vec<_>>()
+                .join(" "),
             ceiling: None,
             synchronous_commit: args.synchronous_commit.clone(),
             loads: Vec::new(),
@@ -99,7 +109,15 @@ impl Report {
     }
 
     pub fn print(&self) {
-        println!("\n## Run: {}\n\nmachine: {}\n", if self.args.is_empty() { "(defaults)" } else { &self.args }, self.machine);
+        println!(
+            "\n## Run: {}\n\nmachine: {}\n",
+            if self.args.is_empty() {
+                "(defaults)"
+            } else {
+                &self.args
+            },
+            self.machine
+        );
         if let Some(c) = self.ceiling {
             println!(
                 "PostgreSQL ceiling (insert + pg_notify per transaction, synchronous_commit = {}): **{c:.0} commits/s**\n",
@@ -158,7 +176,10 @@ impl Report {
 
     pub fn save(&self, dir: &FsPath) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
-        let path = dir.join(format!("{}.json", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
+        let path = dir.join(format!(
+            "{}.json",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+        ));
         std::fs::write(&path, serde_json::to_string_pretty(self)?)?;
         eprintln!("saved {}", path.display());
         Ok(())

@@ -48,12 +48,16 @@ pub fn verify(token: &str, secret: &str) -> Result<Claims, AuthError> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 0;
     validation.set_required_spec_claims(&["exp", "sub"]);
-    let claims = decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &validation)
-        .map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-            _ => AuthError::Invalid,
-        })?
-        .claims;
+    let claims = decode::<Claims>(
+        token,
+        &DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+        _ => AuthError::Invalid,
+    })?
+    .claims;
     if claims.role == Role::Partner && claims.partner_id.is_none() {
         return Err(AuthError::MissingPartner);
     }
@@ -61,6 +65,10 @@ pub fn verify(token: &str, secret: &str) -> Result<Claims, AuthError> {
 }
 
 pub fn mint(claims: &Claims, secret: &str) -> String {
-    encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .expect("HS256 signing with an in-memory key cannot fail")
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing with an in-memory key cannot fail")
 }

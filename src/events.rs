@@ -31,7 +31,12 @@ impl EventLog {
     }
 
     /// A partner's events with `seq > since`, oldest first, at most `limit`.
-    pub async fn partner_since(&self, partner_id: i64, since: i64, limit: i64) -> Result<Vec<Event>, sqlx::Error> {
+    pub async fn partner_since(
+        &self,
+        partner_id: i64,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<Event>, sqlx::Error> {
         sqlx::query_as!(
             Event,
             r#"SELECT partner_id, seq, position, commission_event_json(e)::text AS "json!"
@@ -72,8 +77,10 @@ impl EventLog {
 
     /// The latest global position (0 before the first event).
     pub async fn last_position(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar!(r#"SELECT coalesce(max(position), 0) AS "position!" FROM commission_events"#)
-            .fetch_one(&self.db)
-            .await
+        sqlx::query_scalar!(
+            r#"SELECT coalesce(max(position), 0) AS "position!" FROM commission_events"#
+        )
+        .fetch_one(&self.db)
+        .await
     }
 }

@@ -10,17 +10,17 @@ pub mod cli;
 pub mod config;
 /// The partner dashboard page and the JavaScript client, embedded in the binary.
 pub mod dashboard;
-/// The `demo` and `simulate-payment` subcommands: see a commission arrive in minutes.
-pub mod demo;
 /// The connection pool and the migrator (refinery, then the engine in `sql/`).
 pub mod db;
+/// The `demo` and `simulate-payment` subcommands: see a commission arrive in minutes.
+pub mod demo;
+/// The durable event log both the REST API and the relay read from.
+pub mod events;
 /// REST endpoints, webhooks and the problem+json error mapping.
 pub mod http;
 /// LISTEN, the rooms and the WebSocket: each committed event to every socket allowed to see it, once.
 pub mod realtime;
 /// Builds the app from config and binds it, so tests run the real server on port 0.
 pub mod startup;
-/// The durable event log both the REST API and the relay read from.
-pub mod events;
 /// Structured logging.
 pub mod telemetry;

@@ -32,23 +32,39 @@ impl Application {
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.bind_addr))?;
-        let db = db::connect_pool(config.database.database_url.expose(), config.database.db_max_connections)
-            .await
-            .context("cannot connect to PostgreSQL")?;
-        let relay = Relay::start(config.database.database_url.expose(), db.clone(), config.realtime.clone());
-        let state = AppState { db, config: Arc::new(config), relay };
+        let db = db::connect_pool(
+            config.database.database_url.expose(),
+            config.database.db_max_connections,
+        )
+        .await
+        .context("cannot connect to PostgreSQL")?;
+        let relay = Relay::start(
+            config.database.database_url.expose(),
+            db.clone(),
+            config.realtime.clone(),
+        );
+        let state = AppState {
+            db,
+            config: Arc::new(config),
+            relay,
+        };
         Ok(Self { listener, state })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn state(&self) -> &AppState {
         &self.state
     }
 
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let relay = self.state.relay.clone();
         let send_buffer = self.state.config.realtime.tcp_send_buffer_bytes;
         let router = http::router(self.state);
@@ -65,10 +81,13 @@ impl Application {
                 let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer);
             }
         });
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("server error")
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server error")
     }
 }
 
@@ -79,7 +98,9 @@ pub async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let terminate = async {
-        if let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut signal) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             signal.recv().await;
         }
     };

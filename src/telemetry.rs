@@ -9,5 +9,9 @@ pub fn init() {
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = fmt().with_env_filter(filter).with_target(false);
     // try_init: tests call into the library many times in one process.
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

@@ -17,25 +17,49 @@ mod embedded {
 /// that this list names every file in `sql/`.
 pub const ENGINE_SQL: &[(&str, &str)] = &[
     ("01_money.sql", include_str!("../../sql/01_money.sql")),
-    ("02_payment_lifecycle.sql", include_str!("../../sql/02_payment_lifecycle.sql")),
-    ("03_commission_engine.sql", include_str!("../../sql/03_commission_engine.sql")),
-    ("04_ledger_guards.sql", include_str!("../../sql/04_ledger_guards.sql")),
-    ("05_dba_views.sql", include_str!("../../sql/05_dba_views.sql")),
-    ("06_operator_functions.sql", include_str!("../../sql/06_operator_functions.sql")),
+    (
+        "02_payment_lifecycle.sql",
+        include_str!("../../sql/02_payment_lifecycle.sql"),
+    ),
+    (
+        "03_commission_engine.sql",
+        include_str!("../../sql/03_commission_engine.sql"),
+    ),
+    (
+        "04_ledger_guards.sql",
+        include_str!("../../sql/04_ledger_guards.sql"),
+    ),
+    (
+        "05_dba_views.sql",
+        include_str!("../../sql/05_dba_views.sql"),
+    ),
+    (
+        "06_operator_functions.sql",
+        include_str!("../../sql/06_operator_functions.sql"),
+    ),
 ];
 
 const MIGRATION_LOCK_KEY: i64 = 7_164_946_332_151_808_000;
 
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
-    let mut config: tokio_postgres::Config = database_url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let mut config: tokio_postgres::Config = database_url
+        .parse()
+        .context("DATABASE_URL is not a valid PostgreSQL URL")?;
     config.application_name("commissions:migrate");
-    let (mut client, connection) = config.connect(NoTls).await.context("cannot connect to PostgreSQL")?;
+    let (mut client, connection) = config
+        .connect(NoTls)
+        .await
+        .context("cannot connect to PostgreSQL")?;
     let connection = tokio::spawn(connection);
 
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
     let result = apply(&mut client).await;
     // The lock is session-scoped; dropping the connection releases it even if this fails.
-    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY]).await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
     drop(client);
     let _ = connection.await;
     result
@@ -48,7 +72,9 @@ async fn apply(client: &mut tokio_postgres::Client) -> anyhow::Result<()> {
         .context("applying migrations/")?;
     let transaction = client.transaction().await?;
     // Quiet the NOTICEs of DROP ... IF EXISTS on a fresh database.
-    transaction.batch_execute("SET LOCAL client_min_messages = warning").await?;
+    transaction
+        .batch_execute("SET LOCAL client_min_messages = warning")
+        .await?;
     for (name, sql) in ENGINE_SQL {
         transaction
             .batch_execute(sql)

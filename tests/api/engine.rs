@@ -13,16 +13,24 @@ fn dec(s: &str) -> Decimal {
     s.parse().unwrap()
 }
 
-async fn next_notification(rx: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>) -> (String, Value) {
+async fn next_notification(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) -> (String, Value) {
     let n = timeout(Duration::from_secs(10), rx.recv())
         .await
         .expect("a notification within 10 s")
         .expect("listener alive");
-    (n.channel().to_owned(), serde_json::from_str(n.payload()).expect("payload is JSON"))
+    (
+        n.channel().to_owned(),
+        serde_json::from_str(n.payload()).expect("payload is JSON"),
+    )
 }
 
 async fn count(db: &TestDatabase, sql: &str) -> i64 {
-    sqlx::query_scalar::<_, i64>(sql).fetch_one(&db.pool).await.unwrap()
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -30,18 +38,35 @@ async fn verifying_a_payment_earns_one_commission_and_notifies_on_commit() {
     let db = TestDatabase::new().await;
     let partner = create_partner(&db.pool, "Acme", None).await;
     let payment = create_payment(&db.pool, "100.00", "NGN", Some(partner)).await;
-    let (_listener, mut rx) = db.listen(&[&format!("commissions_partner_{partner}"), "commissions_admin"]).await;
+    let (_listener, mut rx) = db
+        .listen(&[
+            &format!("commissions_partner_{partner}"),
+            "commissions_admin",
+        ])
+        .await;
 
     // Verify inside an open transaction: nothing may be delivered yet.
     let mut conn = db.connect().await;
     let tx = conn.transaction().await.unwrap();
-    tx.execute("SELECT verify_payment($1)", &[&payment]).await.unwrap();
+    tx.execute("SELECT verify_payment($1)", &[&payment])
+        .await
+        .unwrap();
 
     // A marker NOTIFY sent from another session after the verification
     // arrives first: the verification's own NOTIFY is held back until COMMIT.
-    sqlx::query("SELECT pg_notify('commissions_admin', 'marker')").execute(&db.pool).await.unwrap();
-    let marker = timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
-    assert_eq!(marker.payload(), "marker", "nothing is delivered before COMMIT");
+    sqlx::query("SELECT pg_notify('commissions_admin', 'marker')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let marker = timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        marker.payload(),
+        "marker",
+        "nothing is delivered before COMMIT"
+    );
 
     tx.commit().await.unwrap();
     let mut seen = Vec::new();
@@ -49,7 +74,13 @@ async fn verifying_a_payment_earns_one_commission_and_notifies_on_commit() {
         seen.push(next_notification(&mut rx).await);
     }
     let channels: HashSet<_> = seen.iter().map(|(c, _)| c.clone()).collect();
-    assert_eq!(channels, HashSet::from([format!("commissions_partner_{partner}"), "commissions_admin".to_owned()]));
+    assert_eq!(
+        channels,
+        HashSet::from([
+            format!("commissions_partner_{partner}"),
+            "commissions_admin".to_owned()
+        ])
+    );
     let event = &seen[0].1;
     assert_eq!(event["type"], "commission.created");
     assert_eq!(event["partner_id"], partner);
@@ -62,26 +93,36 @@ async fn verifying_a_payment_earns_one_commission_and_notifies_on_commit() {
     assert_eq!(event["data"]["totals"]["NGN"]["paid"], "0.00");
     assert!(event["occurred_at"].is_string());
 
-    let amounts: Vec<Decimal> = sqlx::query_scalar("SELECT amount FROM commissions WHERE partner_id = $1")
-        .bind(partner)
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(amounts, vec![dec("2.00")]);
-    let (earned, pending): (Decimal, Decimal) =
-        sqlx::query_as("SELECT earned, pending FROM partner_balances WHERE partner_id = $1 AND currency = 'NGN'")
+    let amounts: Vec<Decimal> =
+        sqlx::query_scalar("SELECT amount FROM commissions WHERE partner_id = $1")
             .bind(partner)
-            .fetch_one(&db.pool)
+            .fetch_all(&db.pool)
             .await
             .unwrap();
+    assert_eq!(amounts, vec![dec("2.00")]);
+    let (earned, pending): (Decimal, Decimal) = sqlx::query_as(
+        "SELECT earned, pending FROM partner_balances WHERE partner_id = $1 AND currency = 'NGN'",
+    )
+    .bind(partner)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!((earned, pending), (dec("2.00"), dec("2.00")));
-    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM commission_events WHERE partner_id = $1")
-        .bind(partner)
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    let seqs: Vec<i64> =
+        sqlx::query_scalar("SELECT seq FROM commission_events WHERE partner_id = $1")
+            .bind(partner)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(seqs, vec![1]);
-    assert_eq!(count(&db, &format!("SELECT count(*) FROM notifications WHERE partner_id = {partner}")).await, 1);
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) FROM notifications WHERE partner_id = {partner}")
+        )
+        .await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -94,9 +135,15 @@ async fn a_rolled_back_verification_leaves_nothing_and_notifies_nobody() {
 
     let mut conn = db.connect().await;
     let tx = conn.transaction().await.unwrap();
-    tx.execute("SELECT verify_payment($1)", &[&rolled_back]).await.unwrap();
+    tx.execute("SELECT verify_payment($1)", &[&rolled_back])
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
-    sqlx::query("SELECT verify_payment($1)").bind(committed).execute(&db.pool).await.unwrap();
+    sqlx::query("SELECT verify_payment($1)")
+        .bind(committed)
+        .execute(&db.pool)
+        .await
+        .unwrap();
 
     // The first notification to arrive is the committed one, with seq 1: the
     // rolled-back one was never sent and consumed no sequence number.
@@ -104,7 +151,10 @@ async fn a_rolled_back_verification_leaves_nothing_and_notifies_nobody() {
     assert_eq!(event["data"]["payment_id"], committed);
     assert_eq!(event["seq"], 1);
     assert_eq!(count(&db, "SELECT count(*) FROM commissions").await, 1);
-    assert_eq!(count(&db, "SELECT count(*) FROM commission_events").await, 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM commission_events").await,
+        1
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM notifications").await, 1);
     let status: String = sqlx::query_scalar("SELECT status::text FROM payments WHERE id = $1")
         .bind(rolled_back)
@@ -120,37 +170,44 @@ async fn commissions_round_to_the_currency_half_away_from_zero() {
     // (payment amount, currency, partner rate, expected commission as on the wire), computed by hand.
     let cases = [
         ("100.00", "NGN", "0.02", Some("2.00")),
-        ("0.25", "NGN", "0.02", Some("0.01")),   // 0.005 is a tie: away from zero
-        ("0.74", "NGN", "0.02", Some("0.01")),   // 0.0148
-        ("0.75", "NGN", "0.02", Some("0.02")),   // 0.015 tie
-        ("0.24", "NGN", "0.02", None),           // 0.0048 rounds to zero: nothing earned
+        ("0.25", "NGN", "0.02", Some("0.01")), // 0.005 is a tie: away from zero
+        ("0.74", "NGN", "0.02", Some("0.01")), // 0.0148
+        ("0.75", "NGN", "0.02", Some("0.02")), // 0.015 tie
+        ("0.24", "NGN", "0.02", None),         // 0.0048 rounds to zero: nothing earned
         ("33.33", "NGN", "0.015", Some("0.50")), // 0.49995
-        ("1234", "JPY", "0.02", Some("25")),     // 24.68
-        ("25", "JPY", "0.02", Some("1")),        // 0.5 tie
-        ("74", "JPY", "0.02", Some("1")),        // 1.48
-        ("24", "JPY", "0.02", None),             // 0.48
+        ("1234", "JPY", "0.02", Some("25")),   // 24.68
+        ("25", "JPY", "0.02", Some("1")),      // 0.5 tie
+        ("74", "JPY", "0.02", Some("1")),      // 1.48
+        ("24", "JPY", "0.02", None),           // 0.48
         ("10.050", "KWD", "0.02", Some("0.201")),
         ("0.025", "KWD", "0.02", Some("0.001")), // 0.0005 tie
         ("0.024", "KWD", "0.02", None),          // 0.00048
         ("1.00", "USD", "0.125", Some("0.13")),  // 0.125 tie
         ("999999.99", "USD", "1", Some("999999.99")),
-        ("500.00", "EUR", "0", None),            // a 0% partner earns nothing
+        ("500.00", "EUR", "0", None), // a 0% partner earns nothing
     ];
     for (amount, currency, rate, expected) in cases {
         let partner = create_partner(&db.pool, "Rounding", Some(rate)).await;
         let payment = create_payment(&db.pool, amount, currency, Some(partner)).await;
-        sqlx::query("SELECT verify_payment($1)").bind(payment).execute(&db.pool).await.unwrap();
-        let earned: Option<Decimal> =
-            sqlx::query_scalar("SELECT amount FROM commissions WHERE payment_id = $1 AND kind = 'earned'")
-                .bind(payment)
-                .fetch_optional(&db.pool)
-                .await
-                .unwrap();
-        let wire: Option<String> = sqlx::query_scalar("SELECT data->>'amount' FROM commission_events WHERE partner_id = $1")
-            .bind(partner)
-            .fetch_optional(&db.pool)
+        sqlx::query("SELECT verify_payment($1)")
+            .bind(payment)
+            .execute(&db.pool)
             .await
             .unwrap();
+        let earned: Option<Decimal> = sqlx::query_scalar(
+            "SELECT amount FROM commissions WHERE payment_id = $1 AND kind = 'earned'",
+        )
+        .bind(payment)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap();
+        let wire: Option<String> = sqlx::query_scalar(
+            "SELECT data->>'amount' FROM commission_events WHERE partner_id = $1",
+        )
+        .bind(partner)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap();
         let case = format!("{rate} of {amount} {currency}");
         assert_eq!(earned, expected.map(dec), "{case}");
         assert_eq!(wire.as_deref(), expected, "{case}");
@@ -159,7 +216,11 @@ async fn commissions_round_to_the_currency_half_away_from_zero() {
             .fetch_one(&db.pool)
             .await
             .unwrap();
-        assert_eq!(last_seq, i64::from(expected.is_some()), "{case}: an event only when something is earned");
+        assert_eq!(
+            last_seq,
+            i64::from(expected.is_some()),
+            "{case}: an event only when something is earned"
+        );
     }
     assert_eq!(count(&db, "SELECT count(*) FROM commission_audit").await, 0);
 }
@@ -168,10 +229,21 @@ async fn commissions_round_to_the_currency_half_away_from_zero() {
 async fn a_payment_without_partner_earns_and_notifies_nothing() {
     let db = TestDatabase::new().await;
     let payment = create_payment(&db.pool, "100.00", "NGN", None).await;
-    sqlx::query("SELECT verify_payment($1)").bind(payment).execute(&db.pool).await.unwrap();
-    sqlx::query("SELECT refund_payment($1)").bind(payment).execute(&db.pool).await.unwrap();
+    sqlx::query("SELECT verify_payment($1)")
+        .bind(payment)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT refund_payment($1)")
+        .bind(payment)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(count(&db, "SELECT count(*) FROM commissions").await, 0);
-    assert_eq!(count(&db, "SELECT count(*) FROM commission_events").await, 0);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM commission_events").await,
+        0
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM notifications").await, 0);
 }
 
@@ -185,11 +257,18 @@ async fn fifty_connections_verifying_one_payment_count_it_once() {
     for _ in 0..50 {
         let url = db.url.clone();
         tasks.push(tokio::spawn(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
             tokio::spawn(connection);
-            client.execute("SELECT verify_payment($1)", &[&payment]).await.map_err(|e| {
-                e.as_db_error().map(|d| (d.code().code().to_owned(), d.message().to_owned())).expect("a database error")
-            })
+            client
+                .execute("SELECT verify_payment($1)", &[&payment])
+                .await
+                .map_err(|e| {
+                    e.as_db_error()
+                        .map(|d| (d.code().code().to_owned(), d.message().to_owned()))
+                        .expect("a database error")
+                })
         }));
     }
     let mut ok = 0;
@@ -198,18 +277,25 @@ async fn fifty_connections_verifying_one_payment_count_it_once() {
             Ok(_) => ok += 1,
             Err((code, message)) => {
                 assert_eq!(code, "CM001");
-                assert_eq!(message, format!("illegal status change for payment {payment}: it is already verified"));
+                assert_eq!(
+                    message,
+                    format!("illegal status change for payment {payment}: it is already verified")
+                );
             }
         }
     }
     assert_eq!(ok, 1, "exactly one verification succeeds");
     assert_eq!(count(&db, "SELECT count(*) FROM commissions").await, 1);
-    assert_eq!(count(&db, "SELECT count(*) FROM commission_events").await, 1);
-    let earned: Decimal = sqlx::query_scalar("SELECT earned FROM partner_balances WHERE partner_id = $1")
-        .bind(partner)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM commission_events").await,
+        1
+    );
+    let earned: Decimal =
+        sqlx::query_scalar("SELECT earned FROM partner_balances WHERE partner_id = $1")
+            .bind(partner)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(earned, dec("2.00"));
     assert_eq!(count(&db, "SELECT count(*) FROM commission_audit").await, 0);
 }
@@ -222,26 +308,34 @@ async fn fifty_payments_verified_concurrently_get_seqs_one_to_fifty() {
     for i in 1..=50 {
         payments.push(create_payment(&db.pool, &format!("{i}.37"), "NGN", Some(partner)).await);
     }
-    let (_listener, mut rx) = db.listen(&[&format!("commissions_partner_{partner}")]).await;
+    let (_listener, mut rx) = db
+        .listen(&[&format!("commissions_partner_{partner}")])
+        .await;
 
     let mut tasks = Vec::new();
     for payment in payments {
         let url = db.url.clone();
         tasks.push(tokio::spawn(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
             tokio::spawn(connection);
-            client.execute("SELECT verify_payment($1)", &[&payment]).await.unwrap();
+            client
+                .execute("SELECT verify_payment($1)", &[&payment])
+                .await
+                .unwrap();
         }));
     }
     for task in tasks {
         task.await.unwrap();
     }
 
-    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM commission_events WHERE partner_id = $1 ORDER BY seq")
-        .bind(partner)
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    let seqs: Vec<i64> =
+        sqlx::query_scalar("SELECT seq FROM commission_events WHERE partner_id = $1 ORDER BY seq")
+            .bind(partner)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(seqs, (1..=50).collect::<Vec<i64>>());
 
     // Notifications arrive in commit order, which is seq order, and totals grow with them.
@@ -250,7 +344,10 @@ async fn fifty_payments_verified_concurrently_get_seqs_one_to_fifty() {
         let (_, event) = next_notification(&mut rx).await;
         assert_eq!(event["seq"], want);
         expected_total += dec(event["data"]["amount"].as_str().unwrap());
-        assert_eq!(event["data"]["totals"]["NGN"]["earned"], expected_total.to_string());
+        assert_eq!(
+            event["data"]["totals"]["NGN"]["earned"],
+            expected_total.to_string()
+        );
     }
 
     let (ledger_sum, earned): (Decimal, Decimal) = sqlx::query_as(
@@ -262,15 +359,24 @@ async fn fifty_payments_verified_concurrently_get_seqs_one_to_fifty() {
     .await
     .unwrap();
     // Each i.37 NGN at 2% rounds on its own; the balance is the sum of those, not 2% of the sum.
-    let by_hand: Decimal = (1..=50).map(|i| (dec(&format!("{i}.37")) * dec("0.02")).round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)).sum();
+    let by_hand: Decimal = (1..=50)
+        .map(|i| {
+            (dec(&format!("{i}.37")) * dec("0.02"))
+                .round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+        })
+        .sum();
     assert_eq!(ledger_sum, by_hand);
     assert_eq!(earned, by_hand);
     assert_eq!(count(&db, "SELECT count(*) FROM commission_audit").await, 0);
-    let positions: Vec<i64> = sqlx::query_scalar("SELECT position FROM commission_events ORDER BY seq")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "global positions follow commit order");
+    let positions: Vec<i64> =
+        sqlx::query_scalar("SELECT position FROM commission_events ORDER BY seq")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "global positions follow commit order"
+    );
 }
 
 #[tokio::test]
@@ -278,13 +384,27 @@ async fn a_refund_reverses_the_commission() {
     let db = TestDatabase::new().await;
     let partner = create_partner(&db.pool, "Acme", None).await;
     let payment = create_payment(&db.pool, "100.00", "NGN", Some(partner)).await;
-    sqlx::query("SELECT verify_payment($1)").bind(payment).execute(&db.pool).await.unwrap();
+    sqlx::query("SELECT verify_payment($1)")
+        .bind(payment)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     // A rate change after verification does not change what the refund reverses.
-    sqlx::query("UPDATE partners SET commission_rate = 0.5 WHERE id = $1").bind(partner).execute(&db.pool).await.unwrap();
-    let (_listener, mut rx) = db.listen(&[&format!("commissions_partner_{partner}")]).await;
+    sqlx::query("UPDATE partners SET commission_rate = 0.5 WHERE id = $1")
+        .bind(partner)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (_listener, mut rx) = db
+        .listen(&[&format!("commissions_partner_{partner}")])
+        .await;
 
     // A plain UPDATE, as a DBA might write it, runs the engine too.
-    sqlx::query("UPDATE payments SET status = 'refunded' WHERE id = $1").bind(payment).execute(&db.pool).await.unwrap();
+    sqlx::query("UPDATE payments SET status = 'refunded' WHERE id = $1")
+        .bind(payment)
+        .execute(&db.pool)
+        .await
+        .unwrap();
 
     let (_, event) = next_notification(&mut rx).await;
     assert_eq!(event["type"], "commission.reversed");
@@ -294,20 +414,30 @@ async fn a_refund_reverses_the_commission() {
     assert_eq!(event["data"]["totals"]["NGN"]["reversed"], "2.00");
     assert_eq!(event["data"]["totals"]["NGN"]["pending"], "0.00");
 
-    let kinds: Vec<(String, Decimal)> =
-        sqlx::query_as("SELECT kind::text, amount FROM commissions WHERE payment_id = $1 ORDER BY id")
-            .bind(payment)
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(kinds, vec![("earned".into(), dec("2.00")), ("reversed".into(), dec("2.00"))]);
+    let kinds: Vec<(String, Decimal)> = sqlx::query_as(
+        "SELECT kind::text, amount FROM commissions WHERE payment_id = $1 ORDER BY id",
+    )
+    .bind(payment)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds,
+        vec![
+            ("earned".into(), dec("2.00")),
+            ("reversed".into(), dec("2.00"))
+        ]
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM notifications").await, 2);
     assert_eq!(count(&db, "SELECT count(*) FROM commission_audit").await, 0);
 }
 
 async fn sql_error(db: &TestDatabase, sql: &str, id: i64) -> (String, String) {
     let client = db.connect().await;
-    let err = client.execute(sql, &[&id]).await.expect_err("must be rejected");
+    let err = client
+        .execute(sql, &[&id])
+        .await
+        .expect_err("must be rejected");
     let db_err = err.as_db_error().expect("a database error");
     (db_err.code().code().to_owned(), db_err.message().to_owned())
 }
@@ -318,15 +448,27 @@ async fn illegal_transitions_are_rejected_with_a_clear_message_and_change_nothin
     let partner = create_partner(&db.pool, "Acme", None).await;
     let pending = create_payment(&db.pool, "100.00", "NGN", Some(partner)).await;
     let failed = create_payment(&db.pool, "100.00", "NGN", Some(partner)).await;
-    sqlx::query("SELECT fail_payment($1)").bind(failed).execute(&db.pool).await.unwrap();
+    sqlx::query("SELECT fail_payment($1)")
+        .bind(failed)
+        .execute(&db.pool)
+        .await
+        .unwrap();
 
     let (code, message) = sql_error(&db, "SELECT refund_payment($1)", pending).await;
     assert_eq!(code, "CM001");
     assert_eq!(message, format!("illegal status change for payment {pending}: pending -> refunded (allowed: pending -> verified, pending -> failed, verified -> refunded)"));
 
-    let (code, message) = sql_error(&db, "UPDATE payments SET status = 'verified' WHERE id = $1", failed).await;
+    let (code, message) = sql_error(
+        &db,
+        "UPDATE payments SET status = 'verified' WHERE id = $1",
+        failed,
+    )
+    .await;
     assert_eq!(code, "CM001");
-    assert!(message.contains(&format!("payment {failed}: failed -> verified")), "{message}");
+    assert!(
+        message.contains(&format!("payment {failed}: failed -> verified")),
+        "{message}"
+    );
 
     let (code, message) = sql_error(&db, "SELECT verify_payment($1)", 987_654).await;
     assert_eq!(code, "CM004");
@@ -338,7 +480,10 @@ async fn illegal_transitions_are_rejected_with_a_clear_message_and_change_nothin
         .unwrap();
     assert_eq!(statuses, vec!["pending", "failed"]);
     assert_eq!(count(&db, "SELECT count(*) FROM commissions").await, 0);
-    assert_eq!(count(&db, "SELECT count(*) FROM commission_events").await, 0);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM commission_events").await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -346,7 +491,11 @@ async fn the_ledger_and_totals_cannot_be_edited_by_hand() {
     let db = TestDatabase::new().await;
     let partner = create_partner(&db.pool, "Acme", None).await;
     let payment = create_payment(&db.pool, "100.00", "NGN", Some(partner)).await;
-    sqlx::query("SELECT verify_payment($1)").bind(payment).execute(&db.pool).await.unwrap();
+    sqlx::query("SELECT verify_payment($1)")
+        .bind(payment)
+        .execute(&db.pool)
+        .await
+        .unwrap();
 
     for sql in [
         "UPDATE commissions SET amount = 99 WHERE partner_id = $1",
@@ -363,11 +512,15 @@ async fn the_ledger_and_totals_cannot_be_edited_by_hand() {
         assert!(["CM003", "23505"].contains(&code.as_str()), "{sql}: {code} {message}");
     }
     let client = db.connect().await;
-    let err = client.batch_execute("TRUNCATE commissions CASCADE").await.expect_err("truncate refused");
+    let err = client
+        .batch_execute("TRUNCATE commissions CASCADE")
+        .await
+        .expect_err("truncate refused");
     assert!(err.as_db_error().unwrap().message().contains("append-only"));
 
     // A verified payment's amount and partner are settled.
-    let (code, message) = sql_error(&db, "UPDATE payments SET amount = 1 WHERE id = $1", payment).await;
+    let (code, message) =
+        sql_error(&db, "UPDATE payments SET amount = 1 WHERE id = $1", payment).await;
     assert_eq!(code, "CM001");
     assert!(message.contains("can no longer change"), "{message}");
 
@@ -386,15 +539,42 @@ async fn bad_values_are_refused_in_sql_with_messages_a_dba_understands() {
     let db = TestDatabase::new().await;
     let client = db.connect().await;
     let cases = [
-        ("INSERT INTO payments (amount, currency) VALUES (1.005, 'NGN')", "payment amount 1.005 has more decimals than NGN allows (2)"),
-        ("INSERT INTO payments (amount, currency) VALUES (1.5, 'JPY')", "payment amount 1.5 has more decimals than JPY allows (0)"),
-        ("INSERT INTO payments (amount, currency) VALUES (10, 'XYZ')", "unknown currency \"XYZ\""),
-        ("INSERT INTO payments (amount, currency) VALUES (-5, 'NGN')", "payments_amount_positive"),
-        ("INSERT INTO payments (amount, currency) VALUES (0, 'NGN')", "payments_amount_positive"),
-        ("INSERT INTO payments (amount, currency, status) VALUES (5, 'NGN', 'refunded')", "cannot be created as refunded"),
-        ("INSERT INTO partners (name, commission_rate) VALUES ('Greedy', 1.5)", "partners_commission_rate_range"),
-        ("INSERT INTO partners (name, commission_rate) VALUES ('Negative', -0.01)", "partners_commission_rate_range"),
-        ("INSERT INTO partners (name) VALUES ('   ')", "partners_name_not_blank"),
+        (
+            "INSERT INTO payments (amount, currency) VALUES (1.005, 'NGN')",
+            "payment amount 1.005 has more decimals than NGN allows (2)",
+        ),
+        (
+            "INSERT INTO payments (amount, currency) VALUES (1.5, 'JPY')",
+            "payment amount 1.5 has more decimals than JPY allows (0)",
+        ),
+        (
+            "INSERT INTO payments (amount, currency) VALUES (10, 'XYZ')",
+            "unknown currency \"XYZ\"",
+        ),
+        (
+            "INSERT INTO payments (amount, currency) VALUES (-5, 'NGN')",
+            "payments_amount_positive",
+        ),
+        (
+            "INSERT INTO payments (amount, currency) VALUES (0, 'NGN')",
+            "payments_amount_positive",
+        ),
+        (
+            "INSERT INTO payments (amount, currency, status) VALUES (5, 'NGN', 'refunded')",
+            "cannot be created as refunded",
+        ),
+        (
+            "INSERT INTO partners (name, commission_rate) VALUES ('Greedy', 1.5)",
+            "partners_commission_rate_range",
+        ),
+        (
+            "INSERT INTO partners (name, commission_rate) VALUES ('Negative', -0.01)",
+            "partners_commission_rate_range",
+        ),
+        (
+            "INSERT INTO partners (name) VALUES ('   ')",
+            "partners_name_not_blank",
+        ),
     ];
     for (sql, expected) in cases {
         let err = client.batch_execute(sql).await.expect_err(sql);
@@ -412,7 +592,11 @@ async fn the_readme_dba_queries_work() {
     let partner = create_partner(&db.pool, "Acme", None).await;
     for amount in ["100.00", "250.00"] {
         let payment = create_payment(&db.pool, amount, "NGN", Some(partner)).await;
-        sqlx::query("SELECT verify_payment($1)").bind(payment).execute(&db.pool).await.unwrap();
+        sqlx::query("SELECT verify_payment($1)")
+            .bind(payment)
+            .execute(&db.pool)
+            .await
+            .unwrap();
     }
     let client = db.connect().await;
     // The same statements the README's DBA section shows.
@@ -428,7 +612,11 @@ async fn the_readme_dba_queries_work() {
         .unwrap();
     assert_eq!(summary.get::<_, String>(0), "7.0000");
     assert_eq!(summary.get::<_, i64>(2), 2);
-    assert!(client.query("SELECT * FROM commission_audit", &[]).await.unwrap().is_empty());
+    assert!(client
+        .query("SELECT * FROM commission_audit", &[])
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -437,11 +625,21 @@ async fn the_event_log_returns_exactly_what_was_notified() {
     let partner = create_partner(&db.pool, "Acme", None).await;
     let (_listener, mut rx) = db.listen(&["commissions_admin"]).await;
     let payment = create_payment(&db.pool, "100.00", "NGN", Some(partner)).await;
-    sqlx::query("SELECT verify_payment($1)").bind(payment).execute(&db.pool).await.unwrap();
-    let live = timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    sqlx::query("SELECT verify_payment($1)")
+        .bind(payment)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let live = timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
 
     // Another session in another time zone replays the same bytes.
-    sqlx::query("SET TimeZone = 'Asia/Tokyo'").execute(&db.pool).await.unwrap();
+    sqlx::query("SET TimeZone = 'Asia/Tokyo'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let log = commissions::events::EventLog::new(db.pool.clone());
     let replayed = log.partner_since(partner, 0, 100).await.unwrap();
     assert_eq!(replayed.len(), 1);

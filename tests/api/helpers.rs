@@ -172,7 +172,10 @@ pub async fn spawn_app_with(db: TestDatabase, configure: impl FnOnce(&mut ServeC
     TestApp {
         address: node.address,
         base: node.base.clone(),
-        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
         node,
         db,
     }
@@ -196,7 +199,12 @@ pub async fn spawn_node(database_url: &str, configure: impl FnOnce(&mut ServeCon
     let server = tokio::spawn(app.run_until(async move {
         let _ = rx.await;
     }));
-    TestNode { address, base: format!("http://{address}"), shutdown: Some(tx), server: Some(server) }
+    TestNode {
+        address,
+        base: format!("http://{address}"),
+        shutdown: Some(tx),
+        server: Some(server),
+    }
 }
 
 impl TestNode {

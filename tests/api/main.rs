@@ -4,12 +4,12 @@
 mod callers;
 mod helpers;
 
-mod dashboard;
 mod auth;
+mod dashboard;
 mod engine;
 mod migrate;
 mod partners;
 mod payments;
+mod realtime;
 mod service;
 mod webhooks;
-mod realtime;

@@ -12,7 +12,10 @@ async fn migrate_runs_again_without_change_and_concurrently() {
     let (a, b) = tokio::join!(db::migrate(&db.url), db::migrate(&db.url));
     a.unwrap();
     b.unwrap();
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM refinery_schema_history").fetch_one(&db.pool).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM refinery_schema_history")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     let files = std::fs::read_dir("migrations").unwrap().count() as i64;
     assert_eq!(applied, files);
 }
@@ -24,7 +27,10 @@ fn every_engine_file_is_applied() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.ends_with(".sql"))
         .collect();
-    let applied: BTreeSet<String> = db::ENGINE_SQL.iter().map(|(name, _)| name.to_string()).collect();
+    let applied: BTreeSet<String> = db::ENGINE_SQL
+        .iter()
+        .map(|(name, _)| name.to_string())
+        .collect();
     assert_eq!(on_disk, applied);
     let order: Vec<&str> = db::ENGINE_SQL.iter().map(|(name, _)| *name).collect();
     let mut sorted = order.clone();
@@ -56,5 +62,8 @@ async fn every_table_column_view_and_function_has_a_comment() {
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert!(missing.is_empty(), "objects without COMMENT ON: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "objects without COMMENT ON: {missing:?}"
+    );
 }
