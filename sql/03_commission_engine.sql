@@ -28,7 +28,10 @@ COMMENT ON FUNCTION commission_event_position_lock_key() IS
 CREATE OR REPLACE FUNCTION partner_channel(p_partner_id bigint)
 RETURNS text
 LANGUAGE sql IMMUTABLE STRICT
-AS $$ SELECT 'commissions_partner_' || p_partner_id $$;
+-- The explicit ::text matters: text || bigint is anytextcat(), a STABLE SQL
+-- function, which would stop this IMMUTABLE one being inlined, and a SQL
+-- function that is not inlined is parsed and planned again on every call.
+AS $$ SELECT 'commissions_partner_' || p_partner_id::text $$;
 COMMENT ON FUNCTION partner_channel(bigint) IS
     'The NOTIFY channel carrying one partner''s events. The admin channel, commissions_admin, carries every event.';
 
