@@ -181,36 +181,26 @@ BEGIN
             -- Unreachable (payments_check_transition refused it), kept for round_money's error.
             PERFORM round_money(NEW.amount, NEW.currency);
         END IF;
-        -- Lets the guards in 04_ledger_guards.sql tell the engine from a hand edit.
-        PERFORM set_config('commissions.engine', 'on', true);
-        -- One visit locks the partner, reads the rate and takes the next seq.
-        -- Locking before reading the rate means a concurrent rate change
-        -- applies either wholly before or wholly after this payment (the
-        -- UPDATE re-reads the rate after waiting for a concurrent change).
-        UPDATE partners
-           SET last_seq = last_seq + 1, updated_at = now()
-         WHERE id = NEW.partner_id AND round(NEW.amount * commission_rate, v_minor_units) > 0
-        RETURNING commission_rate, last_seq INTO v_rate, v_seq;
-        IF NOT FOUND THEN
-            -- A commission that rounds to zero takes no seq. Lock and re-read
-            -- as a separate step: the rate may have changed in between.
-            SELECT commission_rate INTO v_rate FROM partners WHERE id = NEW.partner_id FOR NO KEY UPDATE;
-            IF NOT round(NEW.amount * v_rate, v_minor_units) > 0 OR v_rate IS NULL THEN
-                PERFORM set_config('commissions.engine', '', true);
-                RETURN NULL;
-            END IF;
-            UPDATE partners SET last_seq = last_seq + 1, updated_at = now()
+        -- Lock the partner before reading the rate: a concurrent rate change
+        -- then applies either wholly before or wholly after this payment.
+        SELECT commission_rate INTO v_rate FROM partners WHERE id = NEW.partner_id FOR NO KEY UPDATE;
+        v_amount := round(NEW.amount * v_rate, v_minor_units);
+        IF v_amount > 0 THEN
+            -- Lets the guards in 04_ledger_guards.sql tell the engine from a hand edit.
+            PERFORM set_config('commissions.engine', 'on', true);
+            UPDATE partners
+               SET last_seq = last_seq + 1, updated_at = now()
              WHERE id = NEW.partner_id
             RETURNING last_seq INTO v_seq;
+            PERFORM record_commission(NEW, 'earned', v_amount, v_rate, v_seq, v_minor_units);
+            PERFORM set_config('commissions.engine', '', true);
         END IF;
-        v_amount := round(NEW.amount * v_rate, v_minor_units);
-        PERFORM record_commission(NEW, 'earned', v_amount, v_rate, v_seq, v_minor_units);
-        PERFORM set_config('commissions.engine', '', true);
     ELSIF NEW.status = 'refunded' AND TG_OP = 'UPDATE' AND OLD.status = 'verified' THEN
         SELECT * INTO v_earned FROM commissions WHERE payment_id = NEW.id AND kind = 'earned';
         IF FOUND THEN
             SELECT minor_units INTO v_minor_units FROM currencies WHERE code = NEW.currency;
             PERFORM set_config('commissions.engine', 'on', true);
+            -- Locks the partner and takes its next seq in one visit.
             UPDATE partners SET last_seq = last_seq + 1, updated_at = now()
              WHERE id = NEW.partner_id
             RETURNING last_seq INTO v_seq;
