@@ -71,11 +71,11 @@ $$;
 COMMENT ON FUNCTION commission_event_json(commission_events) IS
     'An event as it goes on the wire. The NOTIFY payload and every replay from the log use this one function, so live and replayed events are identical.';
 
--- The engine's per-event work is written as few statements as it can be: it
--- runs once per verified payment, inside the commit that NOTIFYs, so every
--- statement here is paid at the system's peak rate. The currency's minor units
--- are read once per event and amounts formatted with round(x, units)::text,
--- which is exactly what money_text() returns.
+-- This runs once per verified payment, inside the commit that NOTIFYs, so its
+-- cost caps the system's rate. The currency's minor units are read once per
+-- event and amounts formatted with round(x, units)::text, which is exactly
+-- what money_text() returns (it would look the currency up again each time);
+-- the totals come from the balance upsert's RETURNING instead of a re-read.
 
 DROP FUNCTION IF EXISTS record_commission(payments, commission_kind, numeric, numeric);
 
@@ -133,27 +133,22 @@ BEGIN
     PERFORM pg_advisory_xact_lock(commission_event_position_lock_key());
     v_position := nextval('commission_events_position_seq');
 
-    -- One statement writes the event and its notification (the foreign key
-    -- from notifications is checked at the end of the statement, when the
-    -- event row is there).
-    WITH event AS (
-        INSERT INTO commission_events (position, partner_id, seq, type, data, occurred_at)
-        VALUES (v_position, p_payment.partner_id, p_seq,
-                CASE p_kind WHEN 'earned' THEN 'commission.created' ELSE 'commission.reversed' END,
-                v_data, now())
-        RETURNING commission_event_json(commission_events)::text AS payload
-    ), notice AS (
-        INSERT INTO notifications (partner_id, event_position, title, body)
-        VALUES (p_payment.partner_id, v_position,
-                CASE p_kind WHEN 'earned' THEN 'Commission earned' ELSE 'Commission reversed' END,
-                CASE p_kind
-                    WHEN 'earned' THEN format('You earned %s %s on payment %s.', v_amount_text, p_payment.currency, p_payment.id)
-                    ELSE format('%s %s was reversed: payment %s was refunded.', v_amount_text, p_payment.currency, p_payment.id)
-                END)
-    )
-    SELECT payload INTO v_event FROM event;
+    INSERT INTO commission_events (position, partner_id, seq, type, data, occurred_at)
+    VALUES (v_position, p_payment.partner_id, p_seq,
+            CASE p_kind WHEN 'earned' THEN 'commission.created' ELSE 'commission.reversed' END,
+            v_data, now())
+    RETURNING commission_event_json(commission_events)::text INTO v_event;
 
-    PERFORM pg_notify(partner_channel(p_payment.partner_id), v_event), pg_notify('commissions_admin', v_event);
+    INSERT INTO notifications (partner_id, event_position, title, body)
+    VALUES (p_payment.partner_id, v_position,
+            CASE p_kind WHEN 'earned' THEN 'Commission earned' ELSE 'Commission reversed' END,
+            CASE p_kind
+                WHEN 'earned' THEN format('You earned %s %s on payment %s.', v_amount_text, p_payment.currency, p_payment.id)
+                ELSE format('%s %s was reversed: payment %s was refunded.', v_amount_text, p_payment.currency, p_payment.id)
+            END);
+
+    PERFORM pg_notify(partner_channel(p_payment.partner_id), v_event);
+    PERFORM pg_notify('commissions_admin', v_event);
     RETURN v_commission_id;
 END
 $$;
