@@ -5,15 +5,19 @@
 --   pending -> verified -> refunded
 --   pending -> failed
 
+-- PL/pgSQL, not SQL: this STRICT SQL body was never inlined, so every status
+-- change parsed and planned it again; PL/pgSQL keeps the compiled expression.
 CREATE OR REPLACE FUNCTION payment_transition_allowed(p_from payment_status, p_to payment_status)
 RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT
+LANGUAGE plpgsql IMMUTABLE STRICT
 AS $$
-    SELECT (p_from, p_to) IN (
+BEGIN
+    RETURN (p_from, p_to) IN (
         ('pending'::payment_status, 'verified'::payment_status),
         ('pending', 'failed'),
         ('verified', 'refunded')
-    )
+    );
+END
 $$;
 COMMENT ON FUNCTION payment_transition_allowed(payment_status, payment_status) IS
     'The legal status changes: pending -> verified, pending -> failed, verified -> refunded.';
@@ -22,11 +26,20 @@ CREATE OR REPLACE FUNCTION payments_check_transition()
 RETURNS trigger
 LANGUAGE plpgsql
 AS $$
+DECLARE
+    v_minor_units smallint;
 BEGIN
-    IF NEW.amount <> round_money(NEW.amount, NEW.currency) THEN
-        RAISE EXCEPTION 'payment amount % has more decimals than % allows (%)',
-            trim_scale(NEW.amount), NEW.currency, (SELECT minor_units FROM currencies WHERE code = NEW.currency)
-            USING ERRCODE = 'CM002';
+    -- round_money()'s check and error, with the currency read once.
+    IF NEW.amount IS NOT NULL AND NEW.currency IS NOT NULL THEN
+        SELECT minor_units INTO v_minor_units FROM currencies WHERE code = NEW.currency;
+        IF NOT FOUND THEN
+            PERFORM round_money(NEW.amount, NEW.currency);  -- raises the unknown-currency error
+        END IF;
+        IF NEW.amount <> round(NEW.amount, v_minor_units) THEN
+            RAISE EXCEPTION 'payment amount % has more decimals than % allows (%)',
+                trim_scale(NEW.amount), NEW.currency, v_minor_units
+                USING ERRCODE = 'CM002';
+        END IF;
     END IF;
 
     IF TG_OP = 'INSERT' THEN

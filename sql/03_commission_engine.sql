@@ -28,7 +28,10 @@ COMMENT ON FUNCTION commission_event_position_lock_key() IS
 CREATE OR REPLACE FUNCTION partner_channel(p_partner_id bigint)
 RETURNS text
 LANGUAGE sql IMMUTABLE STRICT
-AS $$ SELECT 'commissions_partner_' || p_partner_id $$;
+-- The explicit ::text matters: text || bigint is anytextcat(), a STABLE SQL
+-- function, which would stop this IMMUTABLE one being inlined, and a SQL
+-- function that is not inlined is parsed and planned again on every call.
+AS $$ SELECT 'commissions_partner_' || p_partner_id::text $$;
 COMMENT ON FUNCTION partner_channel(bigint) IS
     'The NOTIFY channel carrying one partner''s events. The admin channel, commissions_admin, carries every event.';
 
@@ -47,53 +50,59 @@ $$;
 COMMENT ON FUNCTION partner_totals_json(bigint, char) IS
     'A partner''s totals in one currency as wire JSON: {"NGN": {"earned": "2.00", "pending": "2.00", "paid": "0.00", "reversed": "0.00"}}.';
 
+-- PL/pgSQL rather than SQL: a STRICT SQL function whose body is not strict
+-- is never inlined, so PostgreSQL would parse and plan its body again on
+-- every call (once per event); PL/pgSQL keeps the compiled expression.
 CREATE OR REPLACE FUNCTION commission_event_json(p_event commission_events)
 RETURNS jsonb
-LANGUAGE sql STABLE STRICT
+LANGUAGE plpgsql STABLE STRICT
 AS $$
-    SELECT jsonb_build_object(
+BEGIN
+    RETURN jsonb_build_object(
         'type',        p_event.type,
         'position',    p_event.position,
         'partner_id',  p_event.partner_id,
         'seq',         p_event.seq,
         -- Always UTC, whatever the session's TimeZone: live and replayed copies must match.
         'occurred_at', to_char(p_event.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-        'data',        p_event.data)
+        'data',        p_event.data);
+END
 $$;
 COMMENT ON FUNCTION commission_event_json(commission_events) IS
     'An event as it goes on the wire. The NOTIFY payload and every replay from the log use this one function, so live and replayed events are identical.';
+
+-- This runs once per verified payment, inside the commit that NOTIFYs, so its
+-- cost caps the system's rate. The currency's minor units are read once per
+-- event and amounts formatted with round(x, units)::text, which is exactly
+-- what money_text() returns (it would look the currency up again each time);
+-- the totals come from the balance upsert's RETURNING instead of a re-read.
+
+DROP FUNCTION IF EXISTS record_commission(payments, commission_kind, numeric, numeric);
 
 CREATE OR REPLACE FUNCTION record_commission(
     p_payment payments,
     p_kind commission_kind,
     p_amount numeric,
-    p_rate numeric)
+    p_rate numeric,
+    p_seq bigint,
+    p_minor_units smallint)
 RETURNS bigint
 LANGUAGE plpgsql
 AS $$
 DECLARE
     v_commission_id bigint;
-    v_seq           bigint;
     v_position      bigint;
-    v_type          text;
+    v_amount_text   text := round(p_amount, p_minor_units)::text;
+    v_balance       partner_balances;
     v_data          jsonb;
-    v_amount_text   text := money_text(p_amount, p_payment.currency);
-    v_occurred_at   timestamptz := now();
-    v_event         jsonb;
-    v_event_row     commission_events;
+    v_event         text;
 BEGIN
-    -- Lets the guards in 04_ledger_guards.sql tell the engine from a hand edit.
-    PERFORM set_config('commissions.engine', 'on', true);
-
-    UPDATE partners
-       SET last_seq = last_seq + 1, updated_at = now()
-     WHERE id = p_payment.partner_id
-    RETURNING last_seq INTO v_seq;
-
     INSERT INTO commissions (payment_id, partner_id, kind, amount, currency, rate, payment_amount)
     VALUES (p_payment.id, p_payment.partner_id, p_kind, p_amount, p_payment.currency, p_rate, p_payment.amount)
     RETURNING id INTO v_commission_id;
 
+    -- The totals in the event come from this upsert's RETURNING: the row as
+    -- this transaction left it, which is what partner_totals_json() would read.
     INSERT INTO partner_balances AS b (partner_id, currency, earned, pending, reversed)
     VALUES (p_payment.partner_id, p_payment.currency,
             CASE p_kind WHEN 'earned' THEN p_amount ELSE 0 END,
@@ -103,9 +112,9 @@ BEGIN
        SET earned     = b.earned + EXCLUDED.earned,
            pending    = b.pending + EXCLUDED.pending,
            reversed   = b.reversed + EXCLUDED.reversed,
-           updated_at = now();
+           updated_at = now()
+    RETURNING b.* INTO v_balance;
 
-    v_type := CASE p_kind WHEN 'earned' THEN 'commission.created' ELSE 'commission.reversed' END;
     v_data := jsonb_build_object(
         'commission_id',  v_commission_id,
         'payment_id',     p_payment.id,
@@ -113,15 +122,22 @@ BEGIN
         'amount',         v_amount_text,
         'currency',       p_payment.currency,
         'rate',           trim_scale(p_rate)::text,
-        'payment_amount', money_text(p_payment.amount, p_payment.currency),
-        'totals',         partner_totals_json(p_payment.partner_id, p_payment.currency));
+        'payment_amount', round(p_payment.amount, p_minor_units)::text,
+        'totals',         jsonb_build_object(v_balance.currency, jsonb_build_object(
+            'earned',   round(v_balance.earned, p_minor_units)::text,
+            'pending',  round(v_balance.pending, p_minor_units)::text,
+            'paid',     round(v_balance.paid, p_minor_units)::text,
+            'reversed', round(v_balance.reversed, p_minor_units)::text)));
 
+    -- From here to COMMIT every verification in the system takes turns.
     PERFORM pg_advisory_xact_lock(commission_event_position_lock_key());
     v_position := nextval('commission_events_position_seq');
 
     INSERT INTO commission_events (position, partner_id, seq, type, data, occurred_at)
-    VALUES (v_position, p_payment.partner_id, v_seq, v_type, v_data, v_occurred_at)
-    RETURNING * INTO v_event_row;
+    VALUES (v_position, p_payment.partner_id, p_seq,
+            CASE p_kind WHEN 'earned' THEN 'commission.created' ELSE 'commission.reversed' END,
+            v_data, now())
+    RETURNING commission_event_json(commission_events)::text INTO v_event;
 
     INSERT INTO notifications (partner_id, event_position, title, body)
     VALUES (p_payment.partner_id, v_position,
@@ -131,43 +147,60 @@ BEGIN
                 ELSE format('%s %s was reversed: payment %s was refunded.', v_amount_text, p_payment.currency, p_payment.id)
             END);
 
-    v_event := commission_event_json(v_event_row);
-    PERFORM pg_notify(partner_channel(p_payment.partner_id), v_event::text);
-    PERFORM pg_notify('commissions_admin', v_event::text);
-
-    PERFORM set_config('commissions.engine', '', true);
+    PERFORM pg_notify(partner_channel(p_payment.partner_id), v_event);
+    PERFORM pg_notify('commissions_admin', v_event);
     RETURN v_commission_id;
 END
 $$;
-COMMENT ON FUNCTION record_commission(payments, commission_kind, numeric, numeric) IS
-    'Engine internals: appends one ledger entry and, in the same transaction, updates the balance, takes the partner''s next seq, writes the event and the notification, and NOTIFYs the partner''s and the admin channel. Called only by commission_engine().';
+COMMENT ON FUNCTION record_commission(payments, commission_kind, numeric, numeric, bigint, smallint) IS
+    'Engine internals: with the partner row already locked and its seq taken (p_seq), appends one ledger entry and, in the same transaction, updates the balance, writes the event and the notification, and NOTIFYs the partner''s and the admin channel. Called only by commission_engine().';
 
 CREATE OR REPLACE FUNCTION commission_engine()
 RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_rate   numeric;
-    v_amount numeric;
-    v_earned commissions;
+    v_minor_units smallint;
+    v_rate        numeric;
+    v_amount      numeric;
+    v_seq         bigint;
+    v_earned      commissions;
 BEGIN
     IF NEW.partner_id IS NULL THEN
         RETURN NULL;
     END IF;
 
     IF NEW.status = 'verified' AND (TG_OP = 'INSERT' OR OLD.status <> 'verified') THEN
+        SELECT minor_units INTO v_minor_units FROM currencies WHERE code = NEW.currency;
+        IF NOT FOUND THEN
+            -- Unreachable (payments_check_transition refused it), kept for round_money's error.
+            PERFORM round_money(NEW.amount, NEW.currency);
+        END IF;
         -- Lock the partner before reading the rate: a concurrent rate change
         -- then applies either wholly before or wholly after this payment.
         SELECT commission_rate INTO v_rate FROM partners WHERE id = NEW.partner_id FOR NO KEY UPDATE;
-        v_amount := round_money(NEW.amount * v_rate, NEW.currency);
+        v_amount := round(NEW.amount * v_rate, v_minor_units);
         IF v_amount > 0 THEN
-            PERFORM record_commission(NEW, 'earned', v_amount, v_rate);
+            -- Lets the guards in 04_ledger_guards.sql tell the engine from a hand edit.
+            PERFORM set_config('commissions.engine', 'on', true);
+            UPDATE partners
+               SET last_seq = last_seq + 1, updated_at = now()
+             WHERE id = NEW.partner_id
+            RETURNING last_seq INTO v_seq;
+            PERFORM record_commission(NEW, 'earned', v_amount, v_rate, v_seq, v_minor_units);
+            PERFORM set_config('commissions.engine', '', true);
         END IF;
     ELSIF NEW.status = 'refunded' AND TG_OP = 'UPDATE' AND OLD.status = 'verified' THEN
         SELECT * INTO v_earned FROM commissions WHERE payment_id = NEW.id AND kind = 'earned';
         IF FOUND THEN
-            PERFORM 1 FROM partners WHERE id = NEW.partner_id FOR NO KEY UPDATE;
-            PERFORM record_commission(NEW, 'reversed', v_earned.amount, v_earned.rate);
+            SELECT minor_units INTO v_minor_units FROM currencies WHERE code = NEW.currency;
+            PERFORM set_config('commissions.engine', 'on', true);
+            -- Locks the partner and takes its next seq in one visit.
+            UPDATE partners SET last_seq = last_seq + 1, updated_at = now()
+             WHERE id = NEW.partner_id
+            RETURNING last_seq INTO v_seq;
+            PERFORM record_commission(NEW, 'reversed', v_earned.amount, v_earned.rate, v_seq, v_minor_units);
+            PERFORM set_config('commissions.engine', '', true);
         END IF;
     END IF;
     RETURN NULL;

@@ -65,12 +65,18 @@ $$;
 COMMENT ON FUNCTION guard_engine_columns() IS
     'Trigger function: only the engine may change partners.last_seq or any partner_balances row.';
 
+-- The WHEN clauses keep the engine's own writes (three per event) from
+-- calling the trigger function at all; the function checks again anyway. They
+-- spell out engine_is_running() because a trigger's WHEN is prepared again for
+-- every statement, and inlining a SQL function means parsing its body.
 CREATE OR REPLACE TRIGGER partners_guard_seq
     BEFORE UPDATE ON partners
-    FOR EACH ROW EXECUTE FUNCTION guard_engine_columns();
+    FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
+    EXECUTE FUNCTION guard_engine_columns();
 COMMENT ON TRIGGER partners_guard_seq ON partners IS 'last_seq is the engine''s: a gap or repeat would break resume.';
 
 CREATE OR REPLACE TRIGGER partner_balances_guard
     BEFORE INSERT OR UPDATE OR DELETE ON partner_balances
-    FOR EACH ROW EXECUTE FUNCTION guard_engine_columns();
+    FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
+    EXECUTE FUNCTION guard_engine_columns();
 COMMENT ON TRIGGER partner_balances_guard ON partner_balances IS 'Balances change only with the ledger, in the engine.';

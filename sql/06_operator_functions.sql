@@ -1,6 +1,8 @@
 -- What an operator (or the API on their behalf) does to a payment, callable
 -- from psql: SELECT verify_payment(42); They lock the payment, so concurrent
 -- calls on one payment take turns and the second gets a clear error.
+-- The wrappers are PL/pgSQL because a SQL function returning a row is parsed
+-- and planned again on every call.
 
 CREATE OR REPLACE FUNCTION change_payment_status(p_payment_id bigint, p_status payment_status)
 RETURNS payments
@@ -26,18 +28,18 @@ COMMENT ON FUNCTION change_payment_status(bigint, payment_status) IS
 
 CREATE OR REPLACE FUNCTION verify_payment(p_payment_id bigint)
 RETURNS payments
-LANGUAGE sql
-AS $$ SELECT * FROM change_payment_status(p_payment_id, 'verified') $$;
+LANGUAGE plpgsql
+AS $$ BEGIN RETURN change_payment_status(p_payment_id, 'verified'); END $$;
 COMMENT ON FUNCTION verify_payment(bigint) IS 'Verifies a pending payment, earning its commission.';
 
 CREATE OR REPLACE FUNCTION refund_payment(p_payment_id bigint)
 RETURNS payments
-LANGUAGE sql
-AS $$ SELECT * FROM change_payment_status(p_payment_id, 'refunded') $$;
+LANGUAGE plpgsql
+AS $$ BEGIN RETURN change_payment_status(p_payment_id, 'refunded'); END $$;
 COMMENT ON FUNCTION refund_payment(bigint) IS 'Refunds a verified payment, reversing its commission.';
 
 CREATE OR REPLACE FUNCTION fail_payment(p_payment_id bigint)
 RETURNS payments
-LANGUAGE sql
-AS $$ SELECT * FROM change_payment_status(p_payment_id, 'failed') $$;
+LANGUAGE plpgsql
+AS $$ BEGIN RETURN change_payment_status(p_payment_id, 'failed'); END $$;
 COMMENT ON FUNCTION fail_payment(bigint) IS 'Marks a pending payment as failed; it earns nothing.';
