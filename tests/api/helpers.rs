@@ -140,7 +140,8 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
     ServeConfig {
         database: DatabaseConfig {
             database_url: Secret::new(database_url),
-            db_max_connections: 16,
+            // Small: two tests run at once, each with up to two nodes, on a stock max_connections = 100.
+            db_max_connections: 6,
         },
         bind_addr: "127.0.0.1:0".parse().unwrap(),
         jwt_secret: Secret::new(JWT_SECRET),
