@@ -83,8 +83,9 @@ pub struct SocketOutcome {
     pub duplicates: u64,
     /// A partner event whose seq skipped ahead: an event was lost.
     pub gaps: u64,
-    /// The socket was closed by the server before the end.
+    /// Why the server closed the socket before the end (the client then resumed with since).
     pub closed_early: Option<String>,
+    pub resumes: u64,
     pub latency_us: Histogram<u64>,
 }
 
@@ -134,6 +135,7 @@ pub async fn connect(
 /// Reads events until `stop` flips and the expected count is reached (or a grace period passes).
 pub async fn consume(
     mut socket: Socket,
+    (ws_url, sub): (String, String),
     room: Room,
     mut last: i64,
     clock: Arc<Clock>,
@@ -146,6 +148,7 @@ pub async fn consume(
         duplicates: 0,
         gaps: 0,
         closed_early: None,
+        resumes: 0,
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
     };
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -165,24 +168,26 @@ pub async fn consume(
             _ = stop.changed(), if deadline.is_none() => continue,
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600))), if deadline.is_some() => break,
         };
-        let text = match next {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(frame))) => {
-                outcome.closed_early = Some(
-                    frame
-                        .map(|f| format!("{} {}", f.code, f.reason))
-                        .unwrap_or_default(),
-                );
-                break;
-            }
+        let closed = match next {
+            Some(Ok(Message::Text(text))) => Ok(text),
+            Some(Ok(Message::Close(frame))) => Err(frame.map(|f| format!("{} {}", f.code, f.reason)).unwrap_or_default()),
             Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                outcome.closed_early = Some(e.to_string());
-                break;
-            }
-            None => {
-                outcome.closed_early = Some("stream ended".into());
-                break;
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("stream ended".into()),
+        };
+        let text = match closed {
+            Ok(text) => text,
+            Err(reason) => {
+                // What a dashboard does: reconnect and resume from the last event it applied.
+                outcome.closed_early = Some(reason);
+                match connect(&ws_url, &sub, room, Some(last)).await {
+                    Ok((resumed, _)) => {
+                        socket = resumed;
+                        outcome.resumes += 1;
+                        continue;
+                    }
+                    Err(_) => break,
+                }
             }
         };
         let Ok(incoming) = serde_json::from_str::<Incoming>(&text) else {

@@ -154,9 +154,10 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
         for &(i, room) in chunk {
             let ws = nodes[i % nodes.len()].ws();
             batch.push(tokio::spawn(async move {
-                clients::connect(&ws, &format!("bench-{i}"), room, None)
+                let sub = format!("bench-{i}");
+                clients::connect(&ws, &sub, room, None)
                     .await
-                    .map(|(s, head)| (s, room, head))
+                    .map(|(s, head)| (s, (ws, sub), room, head))
             }));
         }
         for task in batch {
@@ -172,10 +173,10 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
     let expected: Arc<OnceLock<HashMap<Room, u64>>> = Arc::new(OnceLock::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
     let mut consumers = Vec::new();
-    for (socket, room, head) in sockets {
+    for (socket, address, room, head) in sockets {
         let (clock, stop, expected) = (clock.clone(), stop_rx.clone(), expected.clone());
         consumers.push(tokio::spawn(async move {
-            clients::consume(socket, room, head, clock, stop, move |r| {
+            clients::consume(socket, address, room, head, clock, stop, move |r| {
                 expected.get().and_then(|m| m.get(&r).copied())
             })
             .await
@@ -355,9 +356,9 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
         outcome.gaps += socket.gaps;
         if let Some(reason) = &socket.closed_early {
             if outcome.closed_early < 3 {
-                eprintln!("a socket closed early: {reason}");
+                eprintln!("a socket was closed by the server and resumed {} time(s); last reason: {reason}", socket.resumes);
             }
-            outcome.closed_early += 1;
+            outcome.closed_early += socket.resumes.max(1);
         }
         outcome.latency_us.add(&socket.latency_us)?;
     }
