@@ -170,7 +170,9 @@ pub async fn consume(
         };
         let closed = match next {
             Some(Ok(Message::Text(text))) => Ok(text),
-            Some(Ok(Message::Close(frame))) => Err(frame.map(|f| format!("{} {}", f.code, f.reason)).unwrap_or_default()),
+            Some(Ok(Message::Close(frame))) => Err(frame
+                .map(|f| format!("{} {}", f.code, f.reason))
+                .unwrap_or_default()),
             Some(Ok(_)) => continue,
             Some(Err(e)) => Err(e.to_string()),
             None => Err("stream ended".into()),
@@ -186,7 +188,13 @@ pub async fn consume(
                         outcome.resumes += 1;
                         continue;
                     }
-                    Err(_) => break,
+                    Err(e) => {
+                        outcome.closed_early = Some(format!(
+                            "{} (resume failed: {e:#})",
+                            outcome.closed_early.take().unwrap_or_default()
+                        ));
+                        break;
+                    }
                 }
             }
         };

@@ -170,31 +170,34 @@ enum Transition {
     Refund,
 }
 
-/// Moves the payment through the engine's SQL function and reads back, in
-/// the same transaction, the ledger entry the engine wrote for it (if any).
+/// Moves the payment through the engine's SQL function, committed on its
+/// own, then reads back the ledger entry the engine wrote for it (if any).
+/// The engine's call is its whole transaction on purpose: from its advisory
+/// lock to COMMIT every verification in the system takes turns, so reads
+/// done inside it would hold up everyone else. The entry is immutable once
+/// committed, so reading it afterwards returns exactly what was written.
 async fn change_status(
     state: &AppState,
     id: i64,
     transition: Transition,
 ) -> Result<(Payment, Option<Commission>)> {
-    let mut tx = state.db.begin().await?;
     let kind = match transition {
         Transition::Verify => {
             sqlx::query_scalar!(r#"SELECT id AS "id!" FROM verify_payment($1)"#, id)
-                .fetch_one(&mut *tx)
+                .fetch_one(&state.db)
                 .await?;
             "earned"
         }
         Transition::Refund => {
             sqlx::query_scalar!(r#"SELECT id AS "id!" FROM refund_payment($1)"#, id)
-                .fetch_one(&mut *tx)
+                .fetch_one(&state.db)
                 .await?;
             "reversed"
         }
     };
-    let entry = commissions::for_payment(&mut *tx, id, kind).await?;
-    let payment = fetch(&mut *tx, id).await?;
-    tx.commit().await?;
+    let mut conn = state.db.acquire().await?;
+    let entry = commissions::for_payment(&mut *conn, id, kind).await?;
+    let payment = fetch(&mut *conn, id).await?;
     if entry.is_some() {
         metrics::commission_written(kind);
     }

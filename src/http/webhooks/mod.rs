@@ -192,6 +192,22 @@ pub async fn apply(state: &AppState, delivery: Delivery<'_>) -> Result<Receipt> 
     )
     .execute(&mut *tx)
     .await?;
+    // The engine runs last: from its advisory lock to COMMIT every
+    // verification in the system takes turns, so nothing else may sit in
+    // between (one more round trip there costs every other request too).
+    match (outcome, payment_id) {
+        ("verified", Some(id)) => {
+            sqlx::query_scalar!(r#"SELECT id AS "id!" FROM verify_payment($1)"#, id)
+                .fetch_one(&mut *tx)
+                .await?;
+        }
+        ("refunded", Some(id)) => {
+            sqlx::query_scalar!(r#"SELECT id AS "id!" FROM refund_payment($1)"#, id)
+                .fetch_one(&mut *tx)
+                .await?;
+        }
+        _ => {}
+    }
     tx.commit().await?;
     tracing::info!(
         provider,
@@ -270,9 +286,7 @@ async fn verify(
             .await?
         }
     };
-    sqlx::query_scalar!(r#"SELECT id AS "id!" FROM verify_payment($1)"#, payment_id)
-        .fetch_one(&mut **tx)
-        .await?;
+    // `apply` calls verify_payment last, once the event row is final.
     Ok(("verified", Some(payment_id)))
 }
 
@@ -319,11 +333,7 @@ async fn refund(
         }
         Some(p) if p.status == "refunded" => Ok(("already_refunded", Some(p.id))),
         Some(p) if p.status != "verified" => Ok(("illegal_transition", Some(p.id))),
-        Some(p) => {
-            sqlx::query_scalar!(r#"SELECT id AS "id!" FROM refund_payment($1)"#, p.id)
-                .fetch_one(&mut **tx)
-                .await?;
-            Ok(("refunded", Some(p.id)))
-        }
+        // `apply` calls refund_payment last, once the event row is final.
+        Some(p) => Ok(("refunded", Some(p.id))),
     }
 }
