@@ -217,27 +217,6 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + load.duration;
-    let (ticket_tx, ticket_rx) = async_channel(load.concurrency * 4);
-    let pacer = load.rate.map(|rate| {
-        let next_request = next_request.clone();
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(Duration::from_millis(1));
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let mut owed = 0.0;
-            while Instant::now() < deadline {
-                interval.tick().await;
-                owed += rate as f64 / 1000.0;
-                while owed >= 1.0 {
-                    owed -= 1.0;
-                    let request = next_request.fetch_add(1, Ordering::Relaxed);
-                    if ticket_tx.send(request).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        })
-    });
-
     let mut workers = Vec::new();
     for _ in 0..load.concurrency {
         let sender = match load.path {
@@ -253,27 +232,29 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
                 nodes.iter().map(Node::http).collect(),
             ),
         };
-        let (clock, partners, next_request, failed, tickets) = (
+        let (clock, partners, next_request, failed) = (
             clock.clone(),
             partners.clone(),
             next_request.clone(),
             failed.clone(),
-            ticket_rx.clone(),
         );
-        let paced = load.rate.is_some();
+        let rate = load.rate;
         workers.push(tokio::spawn(async move {
             loop {
-                let request = if paced {
-                    match tickets.recv().await {
-                        Some(r) => r,
-                        None => break,
+                let request = next_request.fetch_add(1, Ordering::Relaxed);
+                match rate {
+                    // Request n is due at n / rate: a schedule, not a feedback loop, so a
+                    // slow answer makes the next requests late, never fewer.
+                    Some(rate) => {
+                        let due = started + Duration::from_secs_f64(request as f64 / rate as f64);
+                        if due >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep_until(due.into()).await;
                     }
-                } else {
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    next_request.fetch_add(1, Ordering::Relaxed)
-                };
+                    None if Instant::now() >= deadline => break,
+                    None => {}
+                }
                 if request as usize >= clock.capacity() {
                     break;
                 }
@@ -288,10 +269,6 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
                 }
             }
         }));
-    }
-    drop(ticket_rx);
-    if let Some(pacer) = pacer {
-        let _ = pacer.await;
     }
     for worker in workers {
         let _ = worker.await;
@@ -363,21 +340,6 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
         outcome.latency_us.add(&socket.latency_us)?;
     }
     Ok(outcome)
-}
-
-/// A bounded multi-consumer queue of request numbers, for the pacer.
-fn async_channel(capacity: usize) -> (tokio::sync::mpsc::Sender<u64>, SharedReceiver) {
-    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
-    (tx, SharedReceiver(Arc::new(tokio::sync::Mutex::new(rx))))
-}
-
-#[derive(Clone)]
-struct SharedReceiver(Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<u64>>>);
-
-impl SharedReceiver {
-    async fn recv(&self) -> Option<u64> {
-        self.0.lock().await.recv().await
-    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
