@@ -50,6 +50,17 @@ $$;
 COMMENT ON FUNCTION partner_totals_json(bigint, char) IS
     'A partner''s totals in one currency as wire JSON: {"NGN": {"earned": "2.00", "pending": "2.00", "paid": "0.00", "reversed": "0.00"}}.';
 
+CREATE OR REPLACE FUNCTION partner_totals(p_partner_id bigint)
+RETURNS jsonb
+LANGUAGE sql STABLE STRICT
+AS $$
+    SELECT coalesce(jsonb_object_agg(b.currency::text, partner_totals_json(b.partner_id, b.currency) -> b.currency::text), '{}'::jsonb)
+    FROM partner_balances b
+    WHERE b.partner_id = p_partner_id
+$$;
+COMMENT ON FUNCTION partner_totals(bigint) IS
+    'A partner''s totals in every currency as wire JSON ({} before its first commission): what GET /api/partners/{id} and the socket''s ready message both send.';
+
 -- PL/pgSQL rather than SQL: a STRICT SQL function whose body is not strict
 -- is never inlined, so PostgreSQL would parse and plan its body again on
 -- every call (once per event); PL/pgSQL keeps the compiled expression.

@@ -81,8 +81,7 @@ fn rate_violation(error: sqlx::Error) -> Error {
 async fn fetch_partner(db: &sqlx::PgPool, id: i64) -> Result<Partner> {
     let row = sqlx::query!(
         r#"SELECT p.id, p.name, trim_scale(p.commission_rate)::text AS "commission_rate!", p.last_seq, p.created_at,
-                  coalesce((SELECT jsonb_object_agg(b.currency, partner_totals_json(p.id, b.currency) -> b.currency::text)
-                              FROM partner_balances b WHERE b.partner_id = p.id), '{}') AS "totals!"
+                  partner_totals(p.id) AS "totals!"
              FROM partners p WHERE p.id = $1"#,
         id
     )

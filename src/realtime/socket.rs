@@ -341,12 +341,7 @@ impl Stream {
         let (ready, head, replay) = match self.room {
             RoomKey::Partner(partner_id) => {
                 let head = sqlx::query!(
-                    r#"SELECT p.last_seq,
-                              (SELECT coalesce(jsonb_object_agg(b.currency::text,
-                                                                partner_totals_json(b.partner_id, b.currency) -> b.currency::text),
-                                               '{}'::jsonb)
-                                 FROM partner_balances b
-                                WHERE b.partner_id = p.id)::text AS "totals!"
+                    r#"SELECT p.last_seq, partner_totals(p.id)::text AS "totals!"
                          FROM partners p
                         WHERE p.id = $1"#,
                     partner_id
