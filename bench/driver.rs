@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
     clients::{self, Clock, Room, SocketOutcome, AMOUNT_BASE_MINOR},
-    node::{BenchDatabase, Node, ProcessStats, STRIPE_SECRET},
+    node::{listener_backends_cpu, BenchDatabase, ListenMode, Node, ProcessStats, STRIPE_SECRET},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -41,6 +41,7 @@ pub struct Load {
     pub rate: Option<u64>,
     pub path: Path,
     pub kill_listener_every: Option<Duration>,
+    pub listen_mode: ListenMode,
 }
 
 pub struct Outcome {
@@ -57,6 +58,8 @@ pub struct Outcome {
     pub server_cpu_percent: f64,
     pub server_peak_rss_kib: u64,
     pub listener_kills: u64,
+    /// CPU of the nodes' LISTEN backends in PostgreSQL, % of one core (None if one was replaced).
+    pub listener_backend_cpu_percent: Option<f64>,
 }
 
 pub async fn create_partners(db: &BenchDatabase, count: usize) -> anyhow::Result<Vec<i64>> {
@@ -137,7 +140,7 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
     let partners = create_partners(db, load.partners).await?;
     let mut nodes = Vec::new();
     for _ in 0..load.nodes {
-        nodes.push(Node::start(db).await?);
+        nodes.push(Node::start_in(db, load.listen_mode).await?);
     }
 
     // Open every socket and wait for its `ready` before any payment is sent.
@@ -213,6 +216,7 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
     });
 
     let cpu_before: Vec<ProcessStats> = nodes.iter().map(Node::stats).collect();
+    let backends_before = listener_backends_cpu(db).await?;
     let next_request = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -278,6 +282,17 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
         killer.abort();
     }
     let cpu_after: Vec<ProcessStats> = nodes.iter().map(Node::stats).collect();
+    let backends_after = listener_backends_cpu(db).await?;
+    let listener_backend_cpu_percent = (backends_before.len() == nodes.len()
+        && backends_after.len() == nodes.len()
+        && backends_before
+            .iter()
+            .all(|(pid, _)| backends_after.iter().any(|(p, _)| p == pid)))
+    .then(|| {
+        let used: f64 = backends_after.iter().map(|(_, s)| s).sum::<f64>()
+            - backends_before.iter().map(|(_, s)| s).sum::<f64>();
+        100.0 * used / elapsed.as_secs_f64()
+    });
 
     // What each room should have received: the log says.
     let client = db.connect().await?;
@@ -318,6 +333,7 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
         server_cpu_percent: 0.0,
         server_peak_rss_kib: cpu_after.iter().map(|s| s.peak_rss_kib).max().unwrap_or(0),
         listener_kills: kills.load(Ordering::Relaxed),
+        listener_backend_cpu_percent,
     };
     let cpu: f64 = cpu_after
         .iter()
@@ -376,8 +392,16 @@ pub async fn resume(db: &BenchDatabase, missed: usize) -> anyhow::Result<ResumeR
             break;
         };
         if let Message::Text(text) = message? {
-            let value: serde_json::Value = serde_json::from_str(&text)?;
-            if let Some(seq) = value["seq"].as_i64().filter(|_| value["type"] != "ready") {
+            // Every message is parsed whole (serde checks the JSON through to its end); only
+            // the fields the count needs are kept.
+            #[derive(serde::Deserialize)]
+            struct Received<'a> {
+                #[serde(rename = "type")]
+                kind: &'a str,
+                seq: Option<i64>,
+            }
+            let got: Received = serde_json::from_str(&text)?;
+            if let Some(seq) = got.seq.filter(|_| got.kind != "ready") {
                 if seq <= last {
                     duplicates += 1;
                 } else {

@@ -41,6 +41,9 @@ pub enum Scenario {
     Resume,
     /// The node's LISTEN backend is terminated every --kill-every-ms under load.
     Chaos,
+    /// Per-partner LISTEN vs the firehose: SQL path at --rate over --listen-partners partners,
+    /// with --listen-online of them online (one socket each), in both listen modes.
+    ListenModes,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -58,7 +61,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "ceiling,max-webhook,max-sql,rate,half-ceiling,resume,chaos,idle"
+        default_value = "ceiling,max-webhook,max-sql,rate,half-ceiling,resume,chaos,listen-modes,idle"
     )]
     pub scenarios: Vec<Scenario>,
     /// Service nodes for the throughput scenarios.
@@ -95,10 +98,19 @@ pub struct Args {
     pub resume_events: usize,
     #[arg(long, default_value_t = 1500)]
     pub kill_every_ms: u64,
+    /// Partners the `listen-modes` scenario spreads payments over.
+    #[arg(long, default_value_t = 10_000)]
+    pub listen_partners: usize,
+    /// Partners online (one socket each) in the `listen-modes` runs.
+    #[arg(long, value_delimiter = ',', default_value = "10,10000")]
+    pub listen_online: Vec<usize>,
     /// synchronous_commit for the bench database (ceiling and service alike). `off` measures the
     /// notify lock and the engine rather than this machine's fsync latency; `on` is the durable default.
     #[arg(long, default_value = "off", value_parser = ["on", "off"])]
     pub synchronous_commit: String,
+    /// The nodes' LISTEN_MODE in every scenario but `listen-modes`, which runs both.
+    #[arg(long, value_enum, default_value = "firehose")]
+    pub listen_mode: node::ListenMode,
     /// Where the JSON results go.
     #[arg(long, default_value = "bench/results")]
     pub out: PathBuf,
@@ -183,18 +195,19 @@ async fn run_scenarios(
             rate,
             path,
             kill_listener_every: kill,
+            listen_mode: args.listen_mode,
         };
-        let (name, plan) = match scenario {
+        let plans: Vec<(&str, driver::Load)> = match scenario {
             Scenario::Ceiling | Scenario::Idle | Scenario::Resume => continue,
-            Scenario::MaxWebhook => (
+            Scenario::MaxWebhook => vec![(
                 "max rate, webhook",
                 load(args.nodes, args.sockets, None, driver::Path::Webhook, None),
-            ),
-            Scenario::MaxSql => (
+            )],
+            Scenario::MaxSql => vec![(
                 "max rate, SQL",
                 load(args.nodes, args.sockets, None, driver::Path::Sql, None),
-            ),
-            Scenario::Rate => (
+            )],
+            Scenario::Rate => vec![(
                 "fixed rate, webhook",
                 load(
                     args.nodes,
@@ -203,10 +216,10 @@ async fn run_scenarios(
                     driver::Path::Webhook,
                     None,
                 ),
-            ),
+            )],
             Scenario::HalfCeiling => {
                 let rate = ceiling.map(|c| (c / 2.0) as u64).unwrap_or(args.rate);
-                (
+                vec![(
                     "half the ceiling, webhook",
                     load(
                         args.half_nodes,
@@ -215,10 +228,10 @@ async fn run_scenarios(
                         driver::Path::Webhook,
                         None,
                     ),
-                )
+                )]
             }
-            Scenario::Chaos => (
-                "listener killed every 1.5 s, SQL",
+            Scenario::Chaos => vec![(
+                "LISTEN killed every 1.5 s, SQL",
                 load(
                     1,
                     args.sockets,
@@ -226,18 +239,39 @@ async fn run_scenarios(
                     driver::Path::Sql,
                     Some(Duration::from_millis(args.kill_every_ms)),
                 ),
-            ),
+            )],
+            // No admin socket: one would make every node hear the admin channel in both modes.
+            Scenario::ListenModes => [node::ListenMode::Partner, node::ListenMode::Firehose]
+                .into_iter()
+                .flat_map(|mode| {
+                    args.listen_online.iter().map(move |&online| {
+                        (
+                            "listen modes, SQL",
+                            driver::Load {
+                                admin_sockets: 0,
+                                partners: args.listen_partners,
+                                listen_mode: mode,
+                                ..load(1, online, Some(args.rate), driver::Path::Sql, None)
+                            },
+                        )
+                    })
+                })
+                .collect(),
         };
-        eprintln!(
-            "running: {name} ({} nodes, {} sockets)",
-            plan.nodes, plan.sockets
-        );
-        let outcome = driver::run(db, &plan)
-            .await
-            .with_context(|| format!("scenario {name}"))?;
-        report
-            .loads
-            .push(report::LoadRow::new(name, &plan, &outcome, ceiling));
+        for (name, plan) in plans {
+            eprintln!(
+                "running: {name} ({} nodes, {} sockets, listen mode {})",
+                plan.nodes,
+                plan.sockets,
+                plan.listen_mode.as_str()
+            );
+            let outcome = driver::run(db, &plan)
+                .await
+                .with_context(|| format!("scenario {name}"))?;
+            report
+                .loads
+                .push(report::LoadRow::new(name, &plan, &outcome, ceiling));
+        }
     }
 
     if args.scenarios.contains(&Scenario::Resume) {

@@ -11,6 +11,23 @@ use anyhow::{bail, Context};
 use tokio_postgres::NoTls;
 
 pub const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789";
+
+/// The node's LISTEN_MODE (see `commissions::config::ListenMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenMode {
+    Partner,
+    Firehose,
+}
+
+impl ListenMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenMode::Partner => "partner",
+            ListenMode::Firehose => "firehose",
+        }
+    }
+}
 pub const STRIPE_SECRET: &str = "whsec_bench_secret";
 
 pub struct BenchDatabase {
@@ -81,10 +98,15 @@ pub struct Node {
 
 impl Node {
     pub async fn start(db: &BenchDatabase) -> anyhow::Result<Self> {
+        Self::start_in(db, ListenMode::Firehose).await
+    }
+
+    pub async fn start_in(db: &BenchDatabase, mode: ListenMode) -> anyhow::Result<Self> {
         let port = free_port()?;
         let child = Command::new(env!("CARGO_BIN_EXE_commissions"))
             .arg("serve")
             .env("DATABASE_URL", &db.url)
+            .env("LISTEN_MODE", mode.as_str())
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("JWT_SECRET", JWT_SECRET)
             .env("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET)
@@ -135,6 +157,26 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// The CPU seconds used so far by each node's LISTEN backend (PostgreSQL runs on
+/// this machine, so its backends' /proc entries are readable), keyed by pid.
+pub async fn listener_backends_cpu(db: &BenchDatabase) -> anyhow::Result<Vec<(i32, f64)>> {
+    let rows = db
+        .connect()
+        .await?
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'commissions:listener' AND datname = $1",
+            &[&db.name],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let pid: i32 = r.get(0);
+            (pid, ProcessStats::read(pid as u32).cpu_seconds)
+        })
+        .collect())
 }
 
 /// CPU time and memory of a process, from /proc.

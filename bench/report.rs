@@ -26,7 +26,9 @@ pub struct Report {
 pub struct LoadRow {
     pub scenario: String,
     pub path: crate::driver::Path,
+    pub listen_mode: crate::node::ListenMode,
     pub nodes: usize,
+    pub partners: usize,
     pub sockets: usize,
     pub target_rate: Option<u64>,
     pub sent: u64,
@@ -44,6 +46,7 @@ pub struct LoadRow {
     pub listener_kills: u64,
     pub server_cpu_percent: f64,
     pub server_peak_rss_mib: f64,
+    pub listener_backend_cpu_percent: Option<f64>,
 }
 
 impl LoadRow {
@@ -54,7 +57,9 @@ impl LoadRow {
         Self {
             scenario: name.to_owned(),
             path: load.path,
+            listen_mode: load.listen_mode,
             nodes: load.nodes,
+            partners: load.partners,
             sockets: load.sockets,
             target_rate: load.rate,
             sent: outcome.sent,
@@ -72,6 +77,7 @@ impl LoadRow {
             listener_kills: outcome.listener_kills,
             server_cpu_percent: outcome.server_cpu_percent,
             server_peak_rss_mib: outcome.server_peak_rss_kib as f64 / 1024.0,
+            listener_backend_cpu_percent: outcome.listener_backend_cpu_percent,
         }
     }
 }
@@ -125,13 +131,15 @@ impl Report {
             );
         }
         if !self.loads.is_empty() {
-            println!("| scenario | nodes | sockets | target/s | payments/s | share of ceiling | events delivered/s | p50 ms | p90 ms | p99 ms | max ms | lost | dup | failed req | closed early | listener kills | server CPU % | server peak RSS MiB |");
-            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!("| scenario | listen | nodes | partners | sockets | target/s | payments/s | share of ceiling | events delivered/s | p50 ms | p90 ms | p99 ms | max ms | lost | dup | failed req | closed early | listener kills | server CPU % | LISTEN backend CPU % | server peak RSS MiB |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             for r in &self.loads {
                 println!(
-                    "| {} | {} | {} | {} | {:.0} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {:.0} | {:.1} |",
+                    "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1} |",
                     r.scenario,
+                    r.listen_mode.as_str(),
                     r.nodes,
+                    r.partners,
                     r.sockets,
                     r.target_rate.map(|t| t.to_string()).unwrap_or_else(|| "max".into()),
                     r.payments_per_second,
@@ -147,6 +155,9 @@ impl Report {
                     r.closed_early,
                     r.listener_kills,
                     r.server_cpu_percent,
+                    r.listener_backend_cpu_percent
+                        .map(|c| format!("{c:.1}"))
+                        .unwrap_or_else(|| "-".into()),
                     r.server_peak_rss_mib
                 );
             }

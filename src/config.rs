@@ -109,6 +109,25 @@ pub struct RealtimeConfig {
     /// grow to net.ipv4.tcp_wmem's maximum, 4 MiB by default); 0 keeps autotuning.
     #[arg(long, env = "TCP_SEND_BUFFER_BYTES", default_value_t = 131_072)]
     pub tcp_send_buffer_bytes: usize,
+    /// Which channels the node LISTENs on: `firehose` (the admin channel alone, routed in
+    /// process) or `partner` (a channel per partner with a socket here). BENCHMARKS.md
+    /// measures both; the firehose's cost does not grow with the partners online.
+    #[arg(long, env = "LISTEN_MODE", value_enum, default_value_t = ListenMode::Firehose)]
+    pub listen_mode: ListenMode,
+}
+
+/// How a node subscribes to the engine's NOTIFYs (see `src/realtime/hub.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListenMode {
+    /// LISTEN on `commissions_partner_<id>` while a socket of that partner is
+    /// on this node: the node hears only what its sockets need, but before
+    /// PostgreSQL 19 the LISTEN backend compares each notification with every
+    /// channel it listens on, so its cost grows with the partners online.
+    Partner,
+    /// LISTEN on `commissions_admin` alone, which carries every event, and
+    /// route by the payload's `partner_id`: one channel to check, but the
+    /// node hears every partner's events.
+    Firehose,
 }
 
 #[derive(Debug, Clone, Args)]

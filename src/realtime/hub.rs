@@ -2,15 +2,20 @@
 //!
 //! A [`PartnerRoom`] holds the sockets of one partner (and admins watching
 //! that partner); the [`AdminRoom`] holds the admin sockets that watch every
-//! partner. The hub routes a notification by the channel it arrived on:
-//! `commissions_partner_<id>` goes only to that partner's room and
-//! `commissions_admin` only to the admin room, so no socket ever receives an
-//! event of a partner it may not see.
+//! partner. How events reach the rooms depends on the node's [`ListenMode`]:
+//! - `partner`: `commissions_partner_<id>` goes only to that partner's room
+//!   and `commissions_admin` only to the admin room;
+//! - `firehose`: only `commissions_admin` is listened, and each event goes to
+//!   the admin room and to the room of the payload's `partner_id`.
 //!
-//! A room exists exactly while it has a member, and the LISTEN connection is
-//! told to LISTEN when a room appears and UNLISTEN when it empties. Those
-//! commands are sent while the hub's lock is held, so the listener sees them
-//! in the same order as the membership changes that caused them.
+//! Either way no socket receives an event of a partner it may not see.
+//!
+//! A room exists exactly while it has a member. In `partner` mode the LISTEN
+//! connection is told to LISTEN when a room appears and UNLISTEN when it
+//! empties; in `firehose` mode, when the first room appears and the last one
+//! empties. Those commands are sent while the hub's lock is held, so the
+//! listener sees them in the same order as the membership changes that
+//! caused them.
 //!
 //! Delivery never blocks: each member has a bounded inbox, and a member whose
 //! inbox is full is too slow. It is taken out of its room at once and told
@@ -26,6 +31,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::listener::{Command, ADMIN_CHANNEL, PARTNER_CHANNEL_PREFIX};
+use crate::config::ListenMode;
 
 /// Which stream a socket follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,9 +103,15 @@ impl Rooms {
             RoomKey::Admin => Some(&mut self.admin.members),
         }
     }
+
+    /// Rooms with at least one member (an empty partner room is removed at once).
+    fn occupied(&self) -> usize {
+        self.partners.len() + usize::from(!self.admin.members.is_empty())
+    }
 }
 
 pub struct Hub {
+    mode: ListenMode,
     rooms: Mutex<Rooms>,
     listener: mpsc::UnboundedSender<Command>,
 }
@@ -127,11 +139,33 @@ struct Coordinates {
 }
 
 impl Hub {
-    pub fn new(listener: mpsc::UnboundedSender<Command>) -> Self {
+    pub fn new(mode: ListenMode, listener: mpsc::UnboundedSender<Command>) -> Self {
         Self {
+            mode,
             rooms: Mutex::default(),
             listener,
         }
+    }
+
+    /// A room just got its first member: LISTEN on what it needs, unless
+    /// (firehose) the one channel is already listened for another room.
+    fn room_opened(&self, rooms: &Rooms, key: RoomKey) {
+        let channel = match self.mode {
+            ListenMode::Partner => key.channel(),
+            ListenMode::Firehose if rooms.occupied() == 1 => ADMIN_CHANNEL.to_owned(),
+            ListenMode::Firehose => return,
+        };
+        let _ = self.listener.send(Command::Listen(channel));
+    }
+
+    /// A room just lost its last member: UNLISTEN what nobody needs any more.
+    fn room_closed(&self, rooms: &Rooms, key: RoomKey) {
+        let channel = match self.mode {
+            ListenMode::Partner => key.channel(),
+            ListenMode::Firehose if rooms.occupied() == 0 => ADMIN_CHANNEL.to_owned(),
+            ListenMode::Firehose => return,
+        };
+        let _ = self.listener.send(Command::Unlisten(channel));
     }
 
     fn rooms(&self) -> MutexGuard<'_, Rooms> {
@@ -159,10 +193,11 @@ impl Hub {
             RoomKey::Partner(partner) => &mut rooms.partners.entry(partner).or_default().members,
             RoomKey::Admin => &mut rooms.admin.members,
         };
-        if members.is_empty() {
-            let _ = self.listener.send(Command::Listen(key.channel()));
-        }
+        let first = members.is_empty();
         members.insert(id, Member { inbox, kicked });
+        if first {
+            self.room_opened(&rooms, key);
+        }
         // Queued behind the LISTEN (ours or the one a previous member caused).
         let _ = self.listener.send(Command::Confirm(confirmed));
         drop(rooms);
@@ -192,13 +227,19 @@ impl Hub {
         if let RoomKey::Partner(partner) = key {
             rooms.partners.remove(&partner);
         }
-        let _ = self.listener.send(Command::Unlisten(key.channel()));
+        self.room_closed(rooms, key);
     }
 
     /// The channels the rooms need right now, read under the lock, for the
     /// listener to LISTEN on after it reconnects.
     pub fn channels(&self) -> Vec<String> {
         let rooms = self.rooms();
+        if self.mode == ListenMode::Firehose {
+            return (rooms.occupied() > 0)
+                .then(|| ADMIN_CHANNEL.to_owned())
+                .into_iter()
+                .collect();
+        }
         let admin = (!rooms.admin.members.is_empty()).then_some(RoomKey::Admin);
         rooms
             .partners
@@ -209,11 +250,16 @@ impl Hub {
             .collect()
     }
 
-    /// Routes one notification to the room of the channel it came on.
+    /// Routes one notification to the room of the channel it came on, and
+    /// (firehose) an admin-channel event also to its partner's room.
     pub fn dispatch(&self, channel: &str, payload: &str) {
         let key = if channel == ADMIN_CHANNEL {
             RoomKey::Admin
-        } else if let Some(Ok(id)) = channel.strip_prefix(PARTNER_CHANNEL_PREFIX).map(str::parse) {
+        } else if let Some(Ok(id)) = channel
+            .strip_prefix(PARTNER_CHANNEL_PREFIX)
+            .filter(|_| self.mode == ListenMode::Partner)
+            .map(str::parse)
+        {
             RoomKey::Partner(id)
         } else {
             return;
@@ -236,7 +282,12 @@ impl Hub {
             position: at.position,
             text: Utf8Bytes::from(payload.to_owned()),
         });
-        self.deliver(key, &Notice::Event(event));
+        let notice = Notice::Event(event);
+        let mut rooms = self.rooms();
+        self.deliver(&mut rooms, key, &notice);
+        if self.mode == ListenMode::Firehose && key == RoomKey::Admin {
+            self.deliver(&mut rooms, RoomKey::Partner(at.partner_id), &notice);
+        }
     }
 
     /// Tells every socket to read what it may have missed from the log.
@@ -251,12 +302,11 @@ impl Hub {
                 .collect()
         };
         for key in keys {
-            self.deliver(key, &Notice::Resync);
+            self.deliver(&mut self.rooms(), key, &Notice::Resync);
         }
     }
 
-    fn deliver(&self, key: RoomKey, notice: &Notice) {
-        let mut rooms = self.rooms();
+    fn deliver(&self, rooms: &mut Rooms, key: RoomKey, notice: &Notice) {
         let Some(members) = rooms.members_mut(key) else {
             return;
         };
@@ -273,7 +323,7 @@ impl Hub {
             }
         }
         for id in gone {
-            self.remove(&mut rooms, key, id);
+            self.remove(rooms, key, id);
         }
     }
 
@@ -294,8 +344,12 @@ mod tests {
     use super::*;
 
     fn hub() -> (Arc<Hub>, mpsc::UnboundedReceiver<Command>) {
+        hub_in(ListenMode::Partner)
+    }
+
+    fn hub_in(mode: ListenMode) -> (Arc<Hub>, mpsc::UnboundedReceiver<Command>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Arc::new(Hub::new(tx)), rx)
+        (Arc::new(Hub::new(mode, tx)), rx)
     }
 
     fn sql(commands: &mut mpsc::UnboundedReceiver<Command>) -> Vec<String> {
@@ -401,5 +455,36 @@ mod tests {
             sql(&mut commands).is_empty(),
             "the fast member keeps the channel listened"
         );
+    }
+
+    #[test]
+    fn a_firehose_node_listens_on_one_channel_and_routes_by_partner_id() {
+        let (hub, mut commands) = hub_in(ListenMode::Firehose);
+        let (acme_seat, mut acme, _) = seat(&hub, RoomKey::Partner(7), 4);
+        let (globex_seat, mut globex, _) = seat(&hub, RoomKey::Partner(8), 4);
+        let (admin_seat, mut admin, _) = seat(&hub, RoomKey::Admin, 4);
+        assert_eq!(
+            sql(&mut commands),
+            ["LISTEN commissions_admin", "confirm", "confirm", "confirm"]
+        );
+        assert_eq!(hub.channels(), ["commissions_admin"]);
+
+        hub.dispatch("commissions_admin", &event(7, 1, 10));
+        assert!(matches!(acme.try_recv(), Ok(Notice::Event(e)) if e.seq == 1));
+        assert!(matches!(admin.try_recv(), Ok(Notice::Event(e)) if e.position == 10));
+        assert!(globex.try_recv().is_err(), "globex sees nothing of acme");
+        // A partner channel is not this mode's: nothing is routed from it.
+        hub.dispatch("commissions_partner_8", &event(8, 1, 11));
+        assert!(globex.try_recv().is_err());
+
+        drop(acme_seat);
+        drop(admin_seat);
+        assert!(
+            sql(&mut commands).is_empty(),
+            "globex still needs the channel"
+        );
+        drop(globex_seat);
+        assert_eq!(sql(&mut commands), ["UNLISTEN commissions_admin"]);
+        assert!(hub.channels().is_empty());
     }
 }

@@ -2,9 +2,10 @@
 //! `commissions:listener`, TCP keepalives on, so a dead peer is noticed even
 //! when no event flows).
 //!
-//! It LISTENs on `commissions_partner_<id>` while the hub has a room for that
-//! partner and on `commissions_admin` while the admin room has a member. The
-//! hub sends [`Command`]s in the order its rooms change; they are executed in
+//! It LISTENs on the channels the hub asks for: `commissions_admin` alone in
+//! the firehose mode, or `commissions_partner_<id>` per partner room (and
+//! `commissions_admin` for the admin room) in the partner mode. The hub
+//! sends [`Command`]s in the order its rooms change; they are executed in
 //! that order (batched), so the last command for a channel always wins.
 //! A [`Command::Confirm`] is answered only once everything queued before it
 //! has been executed on a live connection: that is how a joining socket

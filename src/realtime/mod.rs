@@ -3,7 +3,8 @@
 //!
 //! How it fits together:
 //! - [`listener`]: one LISTEN connection per node; LISTENs only on the
-//!   channels the rooms need; reconnects and triggers a resync when it drops.
+//!   channels the rooms need (the admin channel alone in the default firehose
+//!   mode); reconnects and triggers a resync when it drops.
 //! - [`hub`]: the rooms (one per partner, one for admins) and the routing of
 //!   each notification to its room's sockets only.
 //! - [`socket`]: `GET /notifications`, the handshake checks and the task that
@@ -81,7 +82,7 @@ impl Relay {
     /// Starts the node's LISTEN connection. Sockets come later, through [`socket`].
     pub fn start(database_url: &str, db: sqlx::PgPool, config: RealtimeConfig) -> Self {
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let hub = Arc::new(Hub::new(commands));
+        let hub = Arc::new(Hub::new(config.listen_mode, commands));
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(listener::run(
             database_url.to_owned(),

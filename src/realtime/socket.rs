@@ -60,6 +60,11 @@ pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
 const READ_BUFFER: usize = 512;
 /// Events read from the log per round trip while replaying.
 const REPLAY_PAGE: i64 = 500;
+/// Bytes a replay queues before writing to the TCP socket. A live event is
+/// flushed at once; a replay writes each page in chunks of this size instead
+/// of one syscall per event. The buffer keeps its capacity afterwards, so it
+/// stays small: only sockets that replayed ever grow it.
+const WRITE_BUFFER: usize = 4 * 1024;
 /// How long a joining socket waits for its LISTEN to be in force.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a polite close may take (the slow-consumer close gets the heartbeat timeout).
@@ -133,7 +138,7 @@ pub async fn notifications(
     Ok(upgrade
         .protocols(["bearer"])
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |ws| session.run(ws)))
@@ -442,12 +447,13 @@ impl Stream {
             for event in page {
                 let at = self.coordinate(event.seq, event.position);
                 if at > self.last {
-                    self.send(Message::Text(Utf8Bytes::from(event.json)))
+                    self.feed(Message::Text(Utf8Bytes::from(event.json)))
                         .await?;
                     self.last = at;
                     metrics::counter!("realtime_events_replayed_total").increment(1);
                 }
             }
+            self.flush().await?;
             while let Ok(notice) = self.inbox.try_recv() {
                 match notice {
                     Notice::Event(event) => {
@@ -522,6 +528,23 @@ impl Stream {
     async fn send(&mut self, message: Message) -> Result<(), End> {
         tokio::select! {
             sent = self.ws.send(message) => sent.map_err(|_| End::Peer),
+            _ = self.kicked.notified() => Err(End::TOO_SLOW),
+            _ = self.shutdown.changed() => Err(End::GOING_AWAY),
+        }
+    }
+
+    /// Queues one message without flushing (see [`WRITE_BUFFER`]); [`Self::flush`] ends a batch.
+    async fn feed(&mut self, message: Message) -> Result<(), End> {
+        tokio::select! {
+            fed = self.ws.feed(message) => fed.map_err(|_| End::Peer),
+            _ = self.kicked.notified() => Err(End::TOO_SLOW),
+            _ = self.shutdown.changed() => Err(End::GOING_AWAY),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        tokio::select! {
+            flushed = self.ws.flush() => flushed.map_err(|_| End::Peer),
             _ = self.kicked.notified() => Err(End::TOO_SLOW),
             _ = self.shutdown.changed() => Err(End::GOING_AWAY),
         }

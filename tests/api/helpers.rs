@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use commissions::{
-    config::{DatabaseConfig, RealtimeConfig, Secret, ServeConfig},
+    config::{DatabaseConfig, ListenMode, RealtimeConfig, Secret, ServeConfig},
     db,
     startup::Application,
 };
@@ -154,6 +154,7 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
             ws_max_sockets_per_user: 1_000,
             ws_handshakes_per_second_per_ip: 100_000,
             tcp_send_buffer_bytes: 131_072,
+            listen_mode: ListenMode::Firehose,
         },
     }
 }

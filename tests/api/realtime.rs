@@ -4,7 +4,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use commissions::auth::{mint, Claims, Role};
+use commissions::{
+    auth::{mint, Claims, Role},
+    config::{ListenMode, ServeConfig},
+};
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::{net::TcpStream, time::timeout};
@@ -19,6 +22,12 @@ use crate::helpers::{
 };
 
 type Ws = WebSocketStream<TcpStream>;
+
+/// A second node that LISTENs per partner (the first one uses the default,
+/// the firehose), so the tests that span two nodes cover both listen modes.
+fn per_partner(config: &mut ServeConfig) {
+    config.realtime.listen_mode = ListenMode::Partner;
+}
 
 /// Long enough for a loaded CI box; only there so a bug fails instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -194,7 +203,7 @@ async fn commit_commissions(db: &sqlx::PgPool, partner_id: i64, n: usize) {
 #[tokio::test]
 async fn events_reach_every_socket_of_their_partner_on_every_node_and_no_other_partner() {
     let app = spawn_app().await;
-    let other_node = spawn_node(&app.db.url, |_| {}).await;
+    let other_node = spawn_node(&app.db.url, per_partner).await;
     let acme = create_partner(&app.db.pool, "Acme", None).await;
     let globex = create_partner(&app.db.pool, "Globex", None).await;
 
@@ -210,6 +219,11 @@ async fn events_reach_every_socket_of_their_partner_on_every_node_and_no_other_p
     )
     .await;
     let (mut globex_tab, _) = open(app.address, &format!("token={}", partner_token(globex))).await;
+    let (mut globex_on_b, _) = open(
+        other_node.address,
+        &format!("token={}", partner_token(globex)),
+    )
+    .await;
     let (mut admin, admin_ready) =
         open(other_node.address, &format!("token={}", admin_token())).await;
     assert_eq!(
@@ -227,12 +241,14 @@ async fn events_reach_every_socket_of_their_partner_on_every_node_and_no_other_p
         assert_eq!(got[1]["data"]["totals"]["NGN"]["earned"], "4.00");
     }
     commit_commissions(&app.db.pool, globex, 1).await;
-    // Acme's two events committed first: had any reached Globex's socket, they would come before this one.
-    let got = events(&mut globex_tab, 1).await;
-    assert_eq!(
-        (got[0]["partner_id"].as_i64(), got[0]["seq"].as_i64()),
-        (Some(globex), Some(1))
-    );
+    // Acme's two events committed first: had any reached Globex's sockets, they would come before this one.
+    for ws in [&mut globex_tab, &mut globex_on_b] {
+        let got = events(ws, 1).await;
+        assert_eq!(
+            (got[0]["partner_id"].as_i64(), got[0]["seq"].as_i64()),
+            (Some(globex), Some(1))
+        );
+    }
 
     let all = events(&mut admin, 3).await;
     let partners: Vec<i64> = all
@@ -338,7 +354,7 @@ async fn replay_racing_with_commits_has_no_gap_and_no_duplicate() {
 #[tokio::test]
 async fn killing_the_listen_connection_during_a_thousand_commits_loses_and_repeats_nothing() {
     let app = spawn_app().await;
-    let other_node = spawn_node(&app.db.url, |_| {}).await;
+    let other_node = spawn_node(&app.db.url, per_partner).await;
     let acme = create_partner(&app.db.pool, "Acme", None).await;
     let token = partner_token(acme);
     let (on_a, _) = open(app.address, &format!("token={token}")).await;
