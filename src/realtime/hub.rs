@@ -28,9 +28,12 @@ use std::{
 
 use axum::extract::ws::Utf8Bytes;
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 
-use super::listener::{Command, ADMIN_CHANNEL, PARTNER_CHANNEL_PREFIX};
+use super::{
+    inbox::Inbox,
+    listener::{Command, ADMIN_CHANNEL, PARTNER_CHANNEL_PREFIX},
+};
 use crate::config::ListenMode;
 
 /// Which stream a socket follows.
@@ -72,9 +75,7 @@ pub enum Notice {
 
 /// The hub's side of one socket.
 struct Member {
-    inbox: mpsc::Sender<Notice>,
-    /// Told when the hub dropped this member for being too slow.
-    kicked: Arc<Notify>,
+    inbox: Arc<Inbox>,
 }
 
 /// The sockets following one partner.
@@ -182,8 +183,7 @@ impl Hub {
     pub fn join(
         self: &Arc<Self>,
         key: RoomKey,
-        inbox: mpsc::Sender<Notice>,
-        kicked: Arc<Notify>,
+        inbox: Arc<Inbox>,
     ) -> (Membership, oneshot::Receiver<()>) {
         let (confirmed, on_confirmed) = oneshot::channel();
         let mut rooms = self.rooms();
@@ -194,7 +194,7 @@ impl Hub {
             RoomKey::Admin => &mut rooms.admin.members,
         };
         let first = members.is_empty();
-        members.insert(id, Member { inbox, kicked });
+        members.insert(id, Member { inbox });
         if first {
             self.room_opened(&rooms, key);
         }
@@ -312,14 +312,10 @@ impl Hub {
         };
         let mut gone = Vec::new();
         for (&id, member) in members.iter() {
-            match member.inbox.try_send(notice.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    metrics::counter!("realtime_slow_consumers_total").increment(1);
-                    member.kicked.notify_one();
-                    gone.push(id);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(id),
+            if !member.inbox.push(notice.clone()) {
+                metrics::counter!("realtime_slow_consumers_total").increment(1);
+                member.inbox.kicked.notify_one();
+                gone.push(id);
             }
         }
         for id in gone {
@@ -364,15 +360,10 @@ mod tests {
         out
     }
 
-    fn seat(
-        hub: &Arc<Hub>,
-        key: RoomKey,
-        capacity: usize,
-    ) -> (Membership, mpsc::Receiver<Notice>, Arc<Notify>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let kicked = Arc::new(Notify::new());
-        let (membership, _confirmed) = hub.join(key, tx, kicked.clone());
-        (membership, rx, kicked)
+    fn seat(hub: &Arc<Hub>, key: RoomKey, capacity: usize) -> (Membership, Arc<Inbox>) {
+        let inbox = Inbox::new(capacity);
+        let (membership, _confirmed) = hub.join(key, inbox.clone());
+        (membership, inbox)
     }
 
     fn event(partner_id: i64, seq: i64, position: i64) -> String {
@@ -418,39 +409,39 @@ mod tests {
     #[test]
     fn an_event_reaches_only_the_room_of_its_channel() {
         let (hub, _commands) = hub();
-        let (_a, mut acme, _) = seat(&hub, RoomKey::Partner(7), 4);
-        let (_g, mut globex, _) = seat(&hub, RoomKey::Partner(8), 4);
-        let (_x, mut admin, _) = seat(&hub, RoomKey::Admin, 4);
+        let (_a, acme) = seat(&hub, RoomKey::Partner(7), 4);
+        let (_g, globex) = seat(&hub, RoomKey::Partner(8), 4);
+        let (_x, admin) = seat(&hub, RoomKey::Admin, 4);
         hub.dispatch("commissions_partner_7", &event(7, 1, 10));
         hub.dispatch("commissions_admin", &event(7, 1, 10));
         // Forged or foreign payloads are dropped, not routed.
         hub.dispatch("commissions_partner_8", &event(7, 2, 11));
         hub.dispatch("commissions_partner_8", "not json");
         hub.dispatch("other_channel", &event(8, 1, 12));
-        let Ok(Notice::Event(got)) = acme.try_recv() else {
+        let Some(Notice::Event(got)) = acme.try_recv() else {
             panic!("acme gets its event")
         };
         assert_eq!((got.partner_id, got.seq, got.position), (7, 1, 10));
         assert_eq!(got.text.as_str(), event(7, 1, 10));
-        assert!(acme.try_recv().is_err());
-        assert!(globex.try_recv().is_err(), "globex sees nothing of acme");
-        assert!(matches!(admin.try_recv(), Ok(Notice::Event(e)) if e.position == 10));
-        assert!(admin.try_recv().is_err());
+        assert!(acme.try_recv().is_none());
+        assert!(globex.try_recv().is_none(), "globex sees nothing of acme");
+        assert!(matches!(admin.try_recv(), Some(Notice::Event(e)) if e.position == 10));
+        assert!(admin.try_recv().is_none());
     }
 
     #[test]
     fn a_member_with_a_full_inbox_is_kicked_and_the_others_keep_receiving() {
         let (hub, mut commands) = hub();
-        let (_slow_seat, _slow_inbox, kicked) = seat(&hub, RoomKey::Partner(7), 1);
-        let (_fast_seat, mut fast, _) = seat(&hub, RoomKey::Partner(7), 8);
+        let (_slow_seat, slow) = seat(&hub, RoomKey::Partner(7), 1);
+        let (_fast_seat, fast) = seat(&hub, RoomKey::Partner(7), 8);
         sql(&mut commands);
         for seq in 1..=3 {
             hub.dispatch("commissions_partner_7", &event(7, seq, seq));
-            assert!(matches!(fast.try_recv(), Ok(Notice::Event(e)) if e.seq == seq));
+            assert!(matches!(fast.try_recv(), Some(Notice::Event(e)) if e.seq == seq));
         }
         assert_eq!(hub.socket_count(), 1, "the slow member left the room");
         // The kick is remembered even though nobody was waiting for it yet.
-        futures::executor::block_on(kicked.notified());
+        futures::executor::block_on(slow.kicked.notified());
         assert!(
             sql(&mut commands).is_empty(),
             "the fast member keeps the channel listened"
@@ -460,9 +451,9 @@ mod tests {
     #[test]
     fn a_firehose_node_listens_on_one_channel_and_routes_by_partner_id() {
         let (hub, mut commands) = hub_in(ListenMode::Firehose);
-        let (acme_seat, mut acme, _) = seat(&hub, RoomKey::Partner(7), 4);
-        let (globex_seat, mut globex, _) = seat(&hub, RoomKey::Partner(8), 4);
-        let (admin_seat, mut admin, _) = seat(&hub, RoomKey::Admin, 4);
+        let (acme_seat, acme) = seat(&hub, RoomKey::Partner(7), 4);
+        let (globex_seat, globex) = seat(&hub, RoomKey::Partner(8), 4);
+        let (admin_seat, admin) = seat(&hub, RoomKey::Admin, 4);
         assert_eq!(
             sql(&mut commands),
             ["LISTEN commissions_admin", "confirm", "confirm", "confirm"]
@@ -470,12 +461,12 @@ mod tests {
         assert_eq!(hub.channels(), ["commissions_admin"]);
 
         hub.dispatch("commissions_admin", &event(7, 1, 10));
-        assert!(matches!(acme.try_recv(), Ok(Notice::Event(e)) if e.seq == 1));
-        assert!(matches!(admin.try_recv(), Ok(Notice::Event(e)) if e.position == 10));
-        assert!(globex.try_recv().is_err(), "globex sees nothing of acme");
+        assert!(matches!(acme.try_recv(), Some(Notice::Event(e)) if e.seq == 1));
+        assert!(matches!(admin.try_recv(), Some(Notice::Event(e)) if e.position == 10));
+        assert!(globex.try_recv().is_none(), "globex sees nothing of acme");
         // A partner channel is not this mode's: nothing is routed from it.
         hub.dispatch("commissions_partner_8", &event(8, 1, 11));
-        assert!(globex.try_recv().is_err());
+        assert!(globex.try_recv().is_none());
 
         drop(acme_seat);
         drop(admin_seat);

@@ -34,6 +34,7 @@
 //!   to buffer a long replay.
 
 pub mod hub;
+pub mod inbox;
 pub mod listener;
 pub mod socket;
 

@@ -37,12 +37,13 @@ use axum::{
 use futures::SinkExt;
 use serde::Deserialize;
 use tokio::{
-    sync::{mpsc, watch, Notify},
+    sync::watch,
     time::{sleep, sleep_until, timeout, Instant},
 };
 
 use super::{
     hub::{LiveEvent, Notice, RoomKey},
+    inbox::Inbox,
     Relay, UserSlot,
 };
 use crate::{
@@ -57,7 +58,7 @@ pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
 /// The read buffer each socket allocates up front (it grows for a larger
 /// frame, up to [`MAX_CLIENT_MESSAGE`]). Clients send little more than pings,
 /// and at tens of thousands of idle sockets every byte here counts.
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 128;
 /// Events read from the log per round trip while replaying.
 const REPLAY_PAGE: i64 = 500;
 /// Bytes a replay queues before writing to the TCP socket. A live event is
@@ -269,18 +270,12 @@ struct Session {
 impl Session {
     async fn run(self, ws: WebSocket) {
         let config = &self.relay.inner.config;
-        let (inbox_tx, inbox) = mpsc::channel(config.ws_send_queue.max(1));
-        let kicked = Arc::new(Notify::new());
-        let (membership, confirmed) =
-            self.relay
-                .inner
-                .hub
-                .join(self.room, inbox_tx, kicked.clone());
+        let inbox = Inbox::new(config.ws_send_queue);
+        let (membership, confirmed) = self.relay.inner.hub.join(self.room, inbox.clone());
         let now = Instant::now();
         let mut stream = Stream {
             ws,
             inbox,
-            kicked,
             shutdown: self.relay.inner.shutdown.subscribe(),
             log: self.relay.inner.log.clone(),
             room: self.room,
@@ -305,8 +300,7 @@ impl Session {
 /// One open socket and its cursor.
 struct Stream {
     ws: WebSocket,
-    inbox: mpsc::Receiver<Notice>,
-    kicked: Arc<Notify>,
+    inbox: Arc<Inbox>,
     shutdown: watch::Receiver<bool>,
     log: EventLog,
     room: RoomKey,
@@ -396,13 +390,11 @@ impl Stream {
                 .min(self.expires_at);
             let step = tokio::select! {
                 notice = self.inbox.recv() => match notice {
-                    Some(Notice::Event(event)) => self.forward(&event).await,
-                    Some(Notice::Resync) => Box::pin(self.catch_up(0)).await,
-                    // The hub lets go of a member only when it is too slow.
-                    None => Err(End::TOO_SLOW),
+                    Notice::Event(event) => self.forward(&event).await,
+                    Notice::Resync => Box::pin(self.catch_up(0)).await,
                 },
                 frame = self.ws.recv() => self.on_frame(frame).await,
-                _ = self.kicked.notified() => Err(End::TOO_SLOW),
+                _ = self.inbox.kicked.notified() => Err(End::TOO_SLOW),
                 _ = self.shutdown.changed() => Err(End::GOING_AWAY),
                 _ = sleep_until(deadline) => self.on_timer().await,
             };
@@ -454,7 +446,7 @@ impl Stream {
                 }
             }
             self.flush().await?;
-            while let Ok(notice) = self.inbox.try_recv() {
+            while let Some(notice) = self.inbox.try_recv() {
                 match notice {
                     Notice::Event(event) => {
                         want = want.max(self.coordinate(event.seq, event.position))
@@ -528,7 +520,7 @@ impl Stream {
     async fn send(&mut self, message: Message) -> Result<(), End> {
         tokio::select! {
             sent = self.ws.send(message) => sent.map_err(|_| End::Peer),
-            _ = self.kicked.notified() => Err(End::TOO_SLOW),
+            _ = self.inbox.kicked.notified() => Err(End::TOO_SLOW),
             _ = self.shutdown.changed() => Err(End::GOING_AWAY),
         }
     }
@@ -537,7 +529,7 @@ impl Stream {
     async fn feed(&mut self, message: Message) -> Result<(), End> {
         tokio::select! {
             fed = self.ws.feed(message) => fed.map_err(|_| End::Peer),
-            _ = self.kicked.notified() => Err(End::TOO_SLOW),
+            _ = self.inbox.kicked.notified() => Err(End::TOO_SLOW),
             _ = self.shutdown.changed() => Err(End::GOING_AWAY),
         }
     }
@@ -545,7 +537,7 @@ impl Stream {
     async fn flush(&mut self) -> Result<(), End> {
         tokio::select! {
             flushed = self.ws.flush() => flushed.map_err(|_| End::Peer),
-            _ = self.kicked.notified() => Err(End::TOO_SLOW),
+            _ = self.inbox.kicked.notified() => Err(End::TOO_SLOW),
             _ = self.shutdown.changed() => Err(End::GOING_AWAY),
         }
     }
