@@ -37,6 +37,7 @@ pub const ENGINE_SQL: &[(&str, &str)] = &[
         "06_operator_functions.sql",
         include_str!("../../sql/06_operator_functions.sql"),
     ),
+    ("07_webhooks.sql", include_str!("../../sql/07_webhooks.sql")),
 ];
 
 const MIGRATION_LOCK_KEY: i64 = 7_164_946_332_151_808_000;

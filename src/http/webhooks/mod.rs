@@ -21,15 +21,13 @@ pub mod paystack;
 pub mod stripe;
 
 use axum::http::HeaderMap;
-use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{Postgres, Transaction};
 use utoipa::ToSchema;
 
 use super::{
     error::{Error, Result},
-    metrics, money,
+    metrics,
 };
 use crate::{config::Secret, startup::AppState};
 
@@ -127,6 +125,26 @@ pub fn parse_body(body: &[u8]) -> Result<Value> {
         .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))
 }
 
+/// Every outcome `apply_webhook_event` (sql/07_webhooks.sql) returns, as the
+/// static labels metrics need.
+const OUTCOMES: &[&str] = &[
+    "verified",
+    "refunded",
+    "duplicate",
+    "ignored",
+    "partial_refund_ignored",
+    "unknown_partner",
+    "unsupported_currency",
+    "invalid_amount",
+    "already_verified",
+    "already_refunded",
+    "illegal_transition",
+    "unknown_payment",
+];
+
+/// Applies the event in one call to `apply_webhook_event`: its row in
+/// `webhook_events`, the payment change and the engine, in one transaction
+/// and one round trip (why: sql/07_webhooks.sql).
 pub async fn apply(state: &AppState, delivery: Delivery<'_>) -> Result<Receipt> {
     let Delivery {
         provider,
@@ -135,88 +153,67 @@ pub async fn apply(state: &AppState, delivery: Delivery<'_>) -> Result<Receipt> 
         payload,
         action,
     } = delivery;
-    let mut tx = state.db.begin().await?;
-    let fresh = sqlx::query_scalar!(
-        "INSERT INTO webhook_events (provider, event_id, event_type, outcome, payload)
-         VALUES ($1, $2, $3, 'processing', $4)
-         ON CONFLICT (provider, event_id) DO NOTHING
-         RETURNING 1 AS one",
-        provider,
-        event_id,
-        event_type,
-        payload
-    )
-    .fetch_optional(&mut *tx)
-    .await?
-    .is_some();
-    if !fresh {
-        tx.rollback().await?;
-        metrics::webhook_outcome(provider, "duplicate");
-        return Ok(Receipt {
-            event_id,
-            outcome: "duplicate".into(),
-            payment_id: None,
-        });
-    }
-
-    let (outcome, payment_id) = match action {
+    let (step, reference, amount_minor, currency, partner_id) = match action {
         Action::Verify {
             reference,
             amount_minor,
             currency,
             partner_id,
-        } => {
-            verify(
-                &mut tx,
-                provider,
-                &reference,
-                amount_minor,
-                &currency,
-                partner_id,
-            )
-            .await?
-        }
+        } => match partner_id {
+            Some(PartnerRef::Invalid(_)) => ("unknown_partner", None, None, None, None),
+            Some(PartnerRef::Id(id)) => (
+                "verify",
+                Some(reference),
+                Some(amount_minor),
+                Some(currency),
+                Some(id),
+            ),
+            None => (
+                "verify",
+                Some(reference),
+                Some(amount_minor),
+                Some(currency),
+                None,
+            ),
+        },
         Action::Refund {
             reference,
             amount_minor,
-        } => refund(&mut tx, provider, &reference, amount_minor).await?,
-        Action::PartialRefund => ("partial_refund_ignored", None),
-        Action::Unsupported => ("ignored", None),
+        } => ("refund", Some(reference), amount_minor, None, None),
+        Action::PartialRefund => ("partial_refund_ignored", None, None, None, None),
+        Action::Unsupported => ("ignored", None, None, None, None),
     };
-    sqlx::query!(
-        "UPDATE webhook_events SET outcome = $3, payment_id = $4 WHERE provider = $1 AND event_id = $2",
-        provider,
-        event_id,
-        outcome,
-        payment_id
-    )
-    .execute(&mut *tx)
-    .await?;
-    // The engine runs last: from its advisory lock to COMMIT every
-    // verification in the system takes turns, so nothing else may sit in
-    // between (one more round trip there costs every other request too).
-    match (outcome, payment_id) {
-        ("verified", Some(id)) => {
-            sqlx::query_scalar!(r#"SELECT id AS "id!" FROM verify_payment($1)"#, id)
-                .fetch_one(&mut *tx)
-                .await?;
-        }
-        ("refunded", Some(id)) => {
-            sqlx::query_scalar!(r#"SELECT id AS "id!" FROM refund_payment($1)"#, id)
-                .fetch_one(&mut *tx)
-                .await?;
-        }
-        _ => {}
-    }
-    tx.commit().await?;
-    tracing::info!(
+    let applied = sqlx::query!(
+        r#"SELECT outcome AS "outcome!", payment_id
+             FROM apply_webhook_event($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
         provider,
         event_id,
         event_type,
-        outcome,
-        payment_id,
-        "webhook event applied"
-    );
+        payload,
+        step,
+        reference,
+        amount_minor,
+        currency,
+        partner_id
+    )
+    .fetch_one(&state.db)
+    .await?;
+    let outcome = OUTCOMES
+        .iter()
+        .copied()
+        .find(|o| *o == applied.outcome)
+        .unwrap_or("other");
+    let payment_id = applied.payment_id;
+    if outcome != "duplicate" {
+        tracing::info!(
+            provider,
+            event_id,
+            event_type,
+            outcome,
+            payment_id,
+            "webhook event applied"
+        );
+    }
     metrics::webhook_outcome(provider, outcome);
     match outcome {
         "verified" => metrics::commission_written("earned"),
@@ -225,115 +222,7 @@ pub async fn apply(state: &AppState, delivery: Delivery<'_>) -> Result<Receipt> 
     }
     Ok(Receipt {
         event_id,
-        outcome: outcome.into(),
+        outcome: applied.outcome,
         payment_id,
     })
-}
-
-type Outcome = (&'static str, Option<i64>);
-
-async fn verify(
-    tx: &mut Transaction<'_, Postgres>,
-    provider: &str,
-    reference: &str,
-    amount_minor: i64,
-    currency: &str,
-    partner: Option<PartnerRef>,
-) -> Result<Outcome> {
-    let currency = currency.to_ascii_uppercase();
-    let Ok(minor_units) = money::minor_units(&mut **tx, &currency).await else {
-        return Ok(("unsupported_currency", None));
-    };
-    let amount = money::from_minor_units(amount_minor, minor_units);
-    if amount <= Decimal::ZERO {
-        return Ok(("invalid_amount", None));
-    }
-    let partner_id = match partner {
-        None => None,
-        Some(PartnerRef::Invalid(_)) => return Ok(("unknown_partner", None)),
-        Some(PartnerRef::Id(id)) => {
-            let exists = sqlx::query_scalar!(
-                r#"SELECT EXISTS (SELECT 1 FROM partners WHERE id = $1) AS "exists!""#,
-                id
-            )
-            .fetch_one(&mut **tx)
-            .await?;
-            if !exists {
-                return Ok(("unknown_partner", None));
-            }
-            Some(id)
-        }
-    };
-
-    let existing = payment_by_reference(tx, provider, reference).await?;
-    let payment_id = match existing {
-        Some(p) if p.status == "pending" => p.id,
-        Some(p) if p.status == "verified" => return Ok(("already_verified", Some(p.id))),
-        Some(p) => return Ok(("illegal_transition", Some(p.id))),
-        // Unknown: record it pending, then verify, so the payment passes
-        // through the same state machine as a manual one.
-        None => {
-            sqlx::query_scalar!(
-                "INSERT INTO payments (amount, currency, partner_id, provider, provider_reference)
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                amount,
-                currency,
-                partner_id,
-                provider,
-                reference
-            )
-            .fetch_one(&mut **tx)
-            .await?
-        }
-    };
-    // `apply` calls verify_payment last, once the event row is final.
-    Ok(("verified", Some(payment_id)))
-}
-
-/// The payment with this provider reference, locked until the transaction ends.
-async fn payment_by_reference(
-    tx: &mut Transaction<'_, Postgres>,
-    provider: &str,
-    reference: &str,
-) -> Result<Option<LockedPayment>> {
-    Ok(sqlx::query_as!(
-        LockedPayment,
-        r#"SELECT p.id, p.status::text AS "status!", p.amount, c.minor_units
-             FROM payments p JOIN currencies c ON c.code = p.currency
-            WHERE p.provider = $1 AND p.provider_reference = $2
-              FOR UPDATE OF p"#,
-        provider,
-        reference
-    )
-    .fetch_optional(&mut **tx)
-    .await?)
-}
-
-struct LockedPayment {
-    id: i64,
-    status: String,
-    amount: Decimal,
-    minor_units: i16,
-}
-
-async fn refund(
-    tx: &mut Transaction<'_, Postgres>,
-    provider: &str,
-    reference: &str,
-    amount_minor: Option<i64>,
-) -> Result<Outcome> {
-    let existing = payment_by_reference(tx, provider, reference).await?;
-    match existing {
-        None => Ok(("unknown_payment", None)),
-        Some(p)
-            if amount_minor
-                .is_some_and(|minor| money::from_minor_units(minor, p.minor_units) < p.amount) =>
-        {
-            Ok(("partial_refund_ignored", Some(p.id)))
-        }
-        Some(p) if p.status == "refunded" => Ok(("already_refunded", Some(p.id))),
-        Some(p) if p.status != "verified" => Ok(("illegal_transition", Some(p.id))),
-        // `apply` calls refund_payment last, once the event row is final.
-        Some(p) => Ok(("refunded", Some(p.id))),
-    }
 }
