@@ -80,13 +80,24 @@ fn amount_of(request: u64) -> rust_decimal::Decimal {
     rust_decimal::Decimal::new((AMOUNT_BASE_MINOR + request) as i64, 2)
 }
 
-fn stripe_event(request: u64, partner: i64) -> String {
+/// Tells this load's webhook events apart from every earlier load's in the same
+/// bench database: a provider event id seen before is (rightly) a duplicate.
+fn run_tag() -> String {
+    static LOADS: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}_{}",
+        std::process::id(),
+        LOADS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn stripe_event(run: &str, request: u64, partner: i64) -> String {
     serde_json::json!({
-        "id": format!("evt_bench_{}_{request}", std::process::id()),
+        "id": format!("evt_bench_{run}_{request}"),
         "object": "event",
         "type": "payment_intent.succeeded",
         "data": { "object": {
-            "id": format!("pi_bench_{}_{request}", std::process::id()),
+            "id": format!("pi_bench_{run}_{request}"),
             "object": "payment_intent",
             "amount": AMOUNT_BASE_MINOR + request,
             "amount_received": AMOUNT_BASE_MINOR + request,
@@ -110,7 +121,8 @@ fn stripe_signature(body: &str) -> String {
 
 enum Sender {
     Sql(tokio_postgres::Client, tokio_postgres::Statement),
-    Webhook(reqwest::Client, Vec<String>),
+    /// The client, the nodes' base URLs, and this load's run tag.
+    Webhook(reqwest::Client, Vec<String>, String),
 }
 
 impl Sender {
@@ -121,8 +133,8 @@ impl Sender {
                     .execute(statement, &[&amount_of(request), &partner])
                     .await?;
             }
-            Sender::Webhook(http, nodes) => {
-                let body = stripe_event(request, partner);
+            Sender::Webhook(http, nodes, run) => {
+                let body = stripe_event(run, request, partner);
                 let node = &nodes[request as usize % nodes.len()];
                 let response = http
                     .post(format!("{node}/webhooks/stripe"))
@@ -135,6 +147,14 @@ impl Sender {
                     response.status().is_success(),
                     "webhook answered {}",
                     response.status()
+                );
+                // A 200 also acknowledges what changed nothing (a duplicate, say): only
+                // `verified` is a payment verified.
+                let receipt: serde_json::Value = response.json().await?;
+                anyhow::ensure!(
+                    receipt["outcome"] == "verified",
+                    "webhook outcome {}",
+                    receipt["outcome"]
                 );
             }
         }
@@ -152,6 +172,7 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
     // Senders first, warmed up before any socket opens: a node's pool opens its
     // connections and PostgreSQL compiles the engine's functions on first use,
     // which would otherwise put a startup cost into the measured tail.
+    let run = run_tag();
     let mut senders = Vec::with_capacity(load.concurrency);
     for _ in 0..load.concurrency {
         senders.push(Arc::new(match load.path {
@@ -165,6 +186,7 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
             Path::Webhook => Sender::Webhook(
                 reqwest::Client::new(),
                 nodes.iter().map(Node::http).collect(),
+                run.clone(),
             ),
         }));
     }
