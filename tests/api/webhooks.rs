@@ -459,3 +459,120 @@ async fn redeliveries_spread_over_two_nodes_count_once() {
     assert_eq!(app.count("SELECT count(*) FROM payments").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM commissions").await, 1);
 }
+
+fn stripe_succeeded_in(
+    event_id: &str,
+    intent: &str,
+    amount_minor: i64,
+    currency: &str,
+    partner: i64,
+) -> String {
+    json!({
+        "id": event_id, "object": "event", "type": "payment_intent.succeeded",
+        "data": {"object": {
+            "id": intent, "object": "payment_intent", "amount": amount_minor,
+            "amount_received": amount_minor, "currency": currency,
+            "metadata": {"partner_id": partner.to_string()}
+        }}
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn every_webhook_outcome_is_recorded_and_only_verified_and_refunded_move_money() {
+    let app = spawn_app().await;
+    let partner = create_partner(&app.db.pool, "Acme", None).await;
+    let outcome = |body: String| {
+        let app = &app;
+        async move {
+            let receipt = json(app.stripe(&body).await, 200).await;
+            (
+                receipt["outcome"].as_str().unwrap().to_owned(),
+                receipt["payment_id"].as_i64(),
+            )
+        }
+    };
+
+    // Amounts arrive in minor units, converted by each currency's own decimals.
+    let (verified, jpy) =
+        outcome(stripe_succeeded_in("evt_1", "pi_jpy", 2500, "jpy", partner)).await;
+    assert_eq!(verified, "verified");
+    let (verified, kwd) = outcome(stripe_succeeded_in(
+        "evt_2", "pi_kwd", 12345, "kwd", partner,
+    ))
+    .await;
+    assert_eq!(verified, "verified");
+    let amounts: Vec<String> = sqlx::query_scalar(
+        "SELECT money_text(amount, currency) FROM payments WHERE id = ANY($1) ORDER BY id",
+    )
+    .bind(vec![jpy.unwrap(), kwd.unwrap()])
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(amounts, ["2500", "12.345"]);
+
+    // Nothing to act on: recorded, no payment.
+    assert_eq!(
+        outcome(stripe_succeeded_in("evt_3", "pi_x", 500, "xyz", partner)).await,
+        ("unsupported_currency".to_owned(), None)
+    );
+    assert_eq!(
+        outcome(stripe_succeeded_in("evt_4", "pi_y", 500, "no", partner)).await,
+        ("unsupported_currency".to_owned(), None)
+    );
+    assert_eq!(
+        outcome(stripe_succeeded_in("evt_5", "pi_z", 0, "ngn", partner)).await,
+        ("invalid_amount".to_owned(), None)
+    );
+
+    // Another event for a payment already verified, refunded, or refunded twice.
+    assert_eq!(
+        outcome(stripe_succeeded_in("evt_6", "pi_jpy", 2500, "jpy", partner)).await,
+        ("already_verified".to_owned(), jpy)
+    );
+    assert_eq!(
+        outcome(stripe_refunded("evt_7", "pi_jpy")).await,
+        ("refunded".to_owned(), jpy)
+    );
+    assert_eq!(
+        outcome(stripe_refunded("evt_8", "pi_jpy")).await,
+        ("already_refunded".to_owned(), jpy)
+    );
+    assert_eq!(
+        outcome(stripe_succeeded_in("evt_9", "pi_jpy", 2500, "jpy", partner)).await,
+        ("illegal_transition".to_owned(), jpy)
+    );
+
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT outcome FROM webhook_events ORDER BY received_at, event_id")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        recorded,
+        [
+            "verified",
+            "verified",
+            "unsupported_currency",
+            "unsupported_currency",
+            "invalid_amount",
+            "already_verified",
+            "refunded",
+            "already_refunded",
+            "illegal_transition"
+        ]
+    );
+    assert_eq!(app.count("SELECT count(*) FROM payments").await, 2);
+    // JPY 2500 earns 50 and is reversed; KWD 12.345 earns 0.247 (2%, 3 decimals).
+    let ledger: Vec<(String, String)> = sqlx::query_as(
+        "SELECT kind::text, money_text(amount, currency) FROM commissions ORDER BY id",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        ledger,
+        [("earned", "50"), ("earned", "0.247"), ("reversed", "50")]
+            .map(|(k, a)| (k.to_owned(), a.to_owned()))
+    );
+}
