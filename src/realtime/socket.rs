@@ -61,10 +61,13 @@ pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
 const READ_BUFFER: usize = 128;
 /// Events read from the log per round trip while replaying.
 const REPLAY_PAGE: i64 = 500;
-/// Bytes a replay queues before writing to the TCP socket. A live event is
-/// flushed at once; a replay writes each page in chunks of this size instead
-/// of one syscall per event. The buffer keeps its capacity afterwards, so it
-/// stays small: only sockets that replayed ever grow it.
+/// Live events written per flush at most, when several are waiting.
+const LIVE_BATCH: usize = 64;
+/// Bytes queued before writing to the TCP socket. A lone live event is
+/// flushed at once; a replay page, or live events that were already waiting,
+/// are written in chunks of this size instead of one syscall per event. The
+/// buffer keeps its capacity afterwards, so it stays small: only sockets that
+/// replayed or had a backlog ever grow it.
 const WRITE_BUFFER: usize = 4 * 1024;
 /// How long a joining socket waits for its LISTEN to be in force.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -389,10 +392,7 @@ impl Stream {
                 .min(self.last_heard + self.heartbeat_timeout)
                 .min(self.expires_at);
             let step = tokio::select! {
-                notice = self.inbox.recv() => match notice {
-                    Notice::Event(event) => self.forward(&event).await,
-                    Notice::Resync => Box::pin(self.catch_up(0)).await,
-                },
+                notice = self.inbox.recv() => self.on_notices(notice).await,
                 frame = self.ws.recv() => self.on_frame(frame).await,
                 _ = self.inbox.kicked.notified() => Err(End::TOO_SLOW),
                 _ = self.shutdown.changed() => Err(End::GOING_AWAY),
@@ -404,7 +404,29 @@ impl Stream {
         }
     }
 
-    /// The cursor rule: drop what was sent, send the next, repair a gap from the log.
+    /// Handles `first` and whatever else is already waiting (up to
+    /// [`LIVE_BATCH`]), then flushes once: a busy socket (an admin's, one
+    /// behind a burst) gets several events per write instead of one each.
+    async fn on_notices(&mut self, first: Notice) -> Result<(), End> {
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(notice) = next {
+            match notice {
+                Notice::Event(event) => self.forward(&event).await?,
+                Notice::Resync => Box::pin(self.catch_up(0)).await?,
+            }
+            handled += 1;
+            next = if handled < LIVE_BATCH {
+                self.inbox.try_recv()
+            } else {
+                None
+            };
+        }
+        self.flush().await
+    }
+
+    /// The cursor rule: drop what was sent, queue the next, repair a gap from
+    /// the log. The caller flushes.
     async fn forward(&mut self, event: &LiveEvent) -> Result<(), End> {
         let at = self.coordinate(event.seq, event.position);
         if at <= self.last {
@@ -413,7 +435,7 @@ impl Stream {
         if matches!(self.room, RoomKey::Partner(_)) && at > self.last + 1 {
             return Box::pin(self.catch_up(at)).await;
         }
-        self.send(Message::Text(event.text.clone())).await?;
+        self.feed(Message::Text(event.text.clone())).await?;
         self.last = at;
         metrics::counter!("realtime_events_sent_total").increment(1);
         Ok(())
