@@ -110,7 +110,8 @@ impl Node {
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("JWT_SECRET", JWT_SECRET)
             .env("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET)
-            .env("DB_MAX_CONNECTIONS", "32")
+            // The service's default pool size, unless the bench itself runs with
+            // DB_MAX_CONNECTIONS set (the child inherits it).
             // The bench opens thousands of sockets from one address at once.
             .env("WS_MAX_SOCKETS_PER_USER", "100000")
             .env("WS_HANDSHAKES_PER_SECOND_PER_IP", "1000000")

@@ -61,8 +61,11 @@ pub struct DatabaseConfig {
     /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/commissions
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Secret,
-    /// Largest number of pooled connections this node opens for the API.
-    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    /// Largest number of pooled connections this node opens for the API. More
+    /// connections than PostgreSQL has cores to run them only queue inside
+    /// PostgreSQL instead: on the 2-core bench VM 4 to 8 gave 1,130 to 1,160
+    /// webhooks/s and 32 gave 890/s (BENCHMARKS.md).
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
     pub db_max_connections: u32,
 }
 
