@@ -33,6 +33,8 @@ pub enum Scenario {
     MaxSql,
     /// A fixed rate (--rate) through webhooks: latency percentiles.
     Rate,
+    /// A fixed rate (--rate) straight through SQL: the relay's latency without HTTP in front.
+    RateSql,
     /// A fixed rate of half the measured ceiling over --nodes nodes and --rate-sockets sockets.
     HalfCeiling,
     /// RSS per idle socket at --idle-sockets counts.
@@ -61,7 +63,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "ceiling,max-webhook,max-sql,rate,half-ceiling,resume,chaos,listen-modes,idle"
+        default_value = "ceiling,max-webhook,max-sql,rate,rate-sql,half-ceiling,resume,chaos,listen-modes,idle"
     )]
     pub scenarios: Vec<Scenario>,
     /// Service nodes for the throughput scenarios.
@@ -214,6 +216,16 @@ async fn run_scenarios(
                     args.sockets,
                     Some(args.rate),
                     driver::Path::Webhook,
+                    None,
+                ),
+            )],
+            Scenario::RateSql => vec![(
+                "fixed rate, SQL",
+                load(
+                    args.nodes,
+                    args.sockets,
+                    Some(args.rate),
+                    driver::Path::Sql,
                     None,
                 ),
             )],
