@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Deserialize;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{protocol::WebSocketConfig, Message};
 
 use crate::node::{self, BenchDatabase, Node};
 
@@ -23,6 +23,9 @@ pub struct Clock {
     pub start: Instant,
     sent: Vec<AtomicU64>,
 }
+
+/// Each client socket's read buffer (a replay arrives in 4 KiB writes).
+const CLIENT_READ_BUFFER: usize = 8 * 1024;
 
 /// Payment amounts are 10000.00 NGN plus the request number in kobo, so an
 /// event's `payment_amount` names the request it answers.
@@ -117,7 +120,11 @@ pub async fn connect(
     if let Some(since) = since {
         url.push_str(&format!("&since={since}"));
     }
-    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+    // tungstenite 0.26 zeroes its whole read buffer before every read: at the
+    // default 128 KiB that memset was 40% of this generator's CPU (perf), CPU
+    // taken from the system under test on a shared machine. Events are < 1 KiB.
+    let config = WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER);
+    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
         .await
         .context("websocket handshake")?;
     while let Some(message) = socket.next().await {
