@@ -26,3 +26,13 @@ LANGUAGE sql STABLE STRICT
 AS $$ SELECT round_money(p_amount, p_currency)::text $$;
 COMMENT ON FUNCTION money_text(numeric, char) IS
     'An amount as it goes on the wire: a decimal string with exactly the currency''s minor units ("2.00" NGN, "25" JPY, "0.201" KWD).';
+
+-- Providers send integer amounts in minor units (kobo, cents); this is the one
+-- place they become decimals. SQL and IMMUTABLE so that it is inlined where it
+-- is called (a SQL function that is not inlined is planned on every call).
+CREATE OR REPLACE FUNCTION money_from_minor_units(p_minor bigint, p_minor_units smallint)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT round(p_minor::numeric / 10::numeric ^ p_minor_units, p_minor_units) $$;
+COMMENT ON FUNCTION money_from_minor_units(bigint, smallint) IS
+    'A provider''s integer amount in minor units as a decimal in major units: money_from_minor_units(250000, 2) = 2500.00 (kobo to NGN), (25, 0) = 25 JPY, (201, 3) = 0.201 KWD.';

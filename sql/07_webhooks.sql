@@ -47,7 +47,7 @@ BEGIN
         IF v_minor_units IS NULL THEN
             v_outcome := 'unsupported_currency';
         ELSE
-            v_amount := round(p_amount_minor::numeric / 10::numeric ^ v_minor_units, v_minor_units);
+            v_amount := money_from_minor_units(p_amount_minor, v_minor_units);
             IF v_amount <= 0 THEN
                 v_outcome := 'invalid_amount';
             ELSIF p_partner_id IS NOT NULL
@@ -86,8 +86,7 @@ BEGIN
             v_payment_id := v_payment.id;
             v_outcome := CASE
                 WHEN p_amount_minor IS NOT NULL
-                     AND round(p_amount_minor::numeric / 10::numeric ^ v_payment.minor_units,
-                               v_payment.minor_units) < v_payment.amount
+                     AND money_from_minor_units(p_amount_minor, v_payment.minor_units) < v_payment.amount
                     THEN 'partial_refund_ignored'
                 WHEN v_payment.status = 'refunded' THEN 'already_refunded'
                 WHEN v_payment.status <> 'verified' THEN 'illegal_transition'

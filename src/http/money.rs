@@ -144,12 +144,6 @@ pub async fn minor_units(db: impl sqlx::PgExecutor<'_>, currency: &str) -> Resul
         })
 }
 
-/// A provider's integer amount in minor units (kobo, cents) as a decimal in
-/// major units: 250000 kobo NGN -> 2500.00.
-pub fn from_minor_units(minor: i64, minor_units: i16) -> Decimal {
-    Decimal::new(minor, u32::try_from(minor_units).unwrap_or(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,12 +181,5 @@ mod tests {
             yen.for_currency("JPY", 0).is_err(),
             "a trailing zero is still a decimal JPY does not have"
         );
-    }
-
-    #[test]
-    fn minor_units_convert_exactly() {
-        assert_eq!(from_minor_units(250_000, 2).to_string(), "2500.00");
-        assert_eq!(from_minor_units(25, 0).to_string(), "25");
-        assert_eq!(from_minor_units(201, 3).to_string(), "0.201");
     }
 }

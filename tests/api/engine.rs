@@ -226,6 +226,24 @@ async fn commissions_round_to_the_currency_half_away_from_zero() {
 }
 
 #[tokio::test]
+async fn provider_minor_units_convert_exactly() {
+    let db = TestDatabase::new().await;
+    for (minor, units, expected) in [
+        (250_000_i64, 2_i16, "2500.00"),
+        (25, 0, "25"),
+        (201, 3, "0.201"),
+    ] {
+        let major: String = sqlx::query_scalar("SELECT money_from_minor_units($1, $2)::text")
+            .bind(minor)
+            .bind(units)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(major, expected, "{minor} with {units} decimals");
+    }
+}
+
+#[tokio::test]
 async fn a_payment_without_partner_earns_and_notifies_nothing() {
     let db = TestDatabase::new().await;
     let payment = create_payment(&db.pool, "100.00", "NGN", None).await;
