@@ -148,25 +148,31 @@ impl Hub {
         }
     }
 
-    /// A room just got its first member: LISTEN on what it needs, unless
-    /// (firehose) the one channel is already listened for another room.
+    /// The channel to LISTEN on (or UNLISTEN from) now that `key`'s room has
+    /// just opened (or closed), leaving `rooms` with `occupied` rooms. In
+    /// partner mode that is the room's own channel; in firehose mode the one
+    /// channel, and only when the first room opens or the last one closes.
+    fn switched_channel(&self, rooms: &Rooms, key: RoomKey, occupied: usize) -> Option<String> {
+        match self.mode {
+            ListenMode::Partner => Some(key.channel()),
+            ListenMode::Firehose => {
+                (rooms.occupied() == occupied).then(|| ADMIN_CHANNEL.to_owned())
+            }
+        }
+    }
+
+    /// A room just got its first member: LISTEN on what it needs.
     fn room_opened(&self, rooms: &Rooms, key: RoomKey) {
-        let channel = match self.mode {
-            ListenMode::Partner => key.channel(),
-            ListenMode::Firehose if rooms.occupied() == 1 => ADMIN_CHANNEL.to_owned(),
-            ListenMode::Firehose => return,
-        };
-        let _ = self.listener.send(Command::Listen(channel));
+        if let Some(channel) = self.switched_channel(rooms, key, 1) {
+            let _ = self.listener.send(Command::Listen(channel));
+        }
     }
 
     /// A room just lost its last member: UNLISTEN what nobody needs any more.
     fn room_closed(&self, rooms: &Rooms, key: RoomKey) {
-        let channel = match self.mode {
-            ListenMode::Partner => key.channel(),
-            ListenMode::Firehose if rooms.occupied() == 0 => ADMIN_CHANNEL.to_owned(),
-            ListenMode::Firehose => return,
-        };
-        let _ = self.listener.send(Command::Unlisten(channel));
+        if let Some(channel) = self.switched_channel(rooms, key, 0) {
+            let _ = self.listener.send(Command::Unlisten(channel));
+        }
     }
 
     fn rooms(&self) -> MutexGuard<'_, Rooms> {

@@ -557,30 +557,18 @@ impl Stream {
         Ok(())
     }
 
-    /// Sends one message, giving up when the hub kicks this socket or the node shuts down.
+    /// Sends one message.
     async fn send(&mut self, message: Message) -> Result<(), End> {
-        tokio::select! {
-            sent = self.ws.send(message) => sent.map_err(|_| End::Peer),
-            _ = self.inbox.kicked.notified() => Err(End::TOO_SLOW),
-            _ = self.shutdown.changed() => Err(End::GOING_AWAY),
-        }
+        unless_stopped(&self.inbox, &mut self.shutdown, self.ws.send(message)).await
     }
 
     /// Queues one message without flushing (see [`WRITE_BUFFER`]); [`Self::flush`] ends a batch.
     async fn feed(&mut self, message: Message) -> Result<(), End> {
-        tokio::select! {
-            fed = self.ws.feed(message) => fed.map_err(|_| End::Peer),
-            _ = self.inbox.kicked.notified() => Err(End::TOO_SLOW),
-            _ = self.shutdown.changed() => Err(End::GOING_AWAY),
-        }
+        unless_stopped(&self.inbox, &mut self.shutdown, self.ws.feed(message)).await
     }
 
     async fn flush(&mut self) -> Result<(), End> {
-        tokio::select! {
-            flushed = self.ws.flush() => flushed.map_err(|_| End::Peer),
-            _ = self.inbox.kicked.notified() => Err(End::TOO_SLOW),
-            _ = self.shutdown.changed() => Err(End::GOING_AWAY),
-        }
+        unless_stopped(&self.inbox, &mut self.shutdown, self.ws.flush()).await
     }
 
     /// Says why (an `error` message, then the close frame) and waits briefly
@@ -631,6 +619,20 @@ impl End {
             End::Close { code, .. } => *code,
             End::Peer => 1000,
         }
+    }
+}
+
+/// Runs a write to the socket, giving up when the hub kicks the socket or the
+/// node shuts down (a peer that stops reading would otherwise hold it forever).
+async fn unless_stopped(
+    inbox: &Inbox,
+    shutdown: &mut watch::Receiver<bool>,
+    write: impl std::future::Future<Output = Result<(), axum::Error>>,
+) -> Result<(), End> {
+    tokio::select! {
+        written = write => written.map_err(|_| End::Peer),
+        _ = inbox.kicked.notified() => Err(End::TOO_SLOW),
+        _ = shutdown.changed() => Err(End::GOING_AWAY),
     }
 }
 

@@ -19,13 +19,24 @@ fn stripe_succeeded(
     amount: i64,
     partner: impl Into<Value>,
 ) -> String {
+    stripe_succeeded_in(event_id, intent, amount, "ngn", partner)
+}
+
+fn stripe_succeeded_in(
+    event_id: &str,
+    intent: &str,
+    amount_minor: i64,
+    currency: &str,
+    partner: impl Into<Value>,
+) -> String {
     json!({
         "id": event_id,
         "object": "event",
         "type": "payment_intent.succeeded",
         "data": {"object": {
-            "id": intent, "object": "payment_intent", "amount": amount, "amount_received": amount,
-            "currency": "ngn", "metadata": {"partner_id": partner.into()}
+            "id": intent, "object": "payment_intent", "amount": amount_minor,
+            "amount_received": amount_minor, "currency": currency,
+            "metadata": {"partner_id": partner.into()}
         }}
     })
     .to_string()
@@ -460,24 +471,6 @@ async fn redeliveries_spread_over_two_nodes_count_once() {
     assert_eq!(app.count("SELECT count(*) FROM commissions").await, 1);
 }
 
-fn stripe_succeeded_in(
-    event_id: &str,
-    intent: &str,
-    amount_minor: i64,
-    currency: &str,
-    partner: i64,
-) -> String {
-    json!({
-        "id": event_id, "object": "event", "type": "payment_intent.succeeded",
-        "data": {"object": {
-            "id": intent, "object": "payment_intent", "amount": amount_minor,
-            "amount_received": amount_minor, "currency": currency,
-            "metadata": {"partner_id": partner.to_string()}
-        }}
-    })
-    .to_string()
-}
-
 #[tokio::test]
 async fn every_webhook_outcome_is_recorded_and_only_verified_and_refunded_move_money() {
     let app = spawn_app().await;
@@ -494,11 +487,21 @@ async fn every_webhook_outcome_is_recorded_and_only_verified_and_refunded_move_m
     };
 
     // Amounts arrive in minor units, converted by each currency's own decimals.
-    let (verified, jpy) =
-        outcome(stripe_succeeded_in("evt_1", "pi_jpy", 2500, "jpy", partner)).await;
+    let (verified, jpy) = outcome(stripe_succeeded_in(
+        "evt_1",
+        "pi_jpy",
+        2500,
+        "jpy",
+        partner.to_string(),
+    ))
+    .await;
     assert_eq!(verified, "verified");
     let (verified, kwd) = outcome(stripe_succeeded_in(
-        "evt_2", "pi_kwd", 12345, "kwd", partner,
+        "evt_2",
+        "pi_kwd",
+        12345,
+        "kwd",
+        partner.to_string(),
     ))
     .await;
     assert_eq!(verified, "verified");
@@ -513,21 +516,49 @@ async fn every_webhook_outcome_is_recorded_and_only_verified_and_refunded_move_m
 
     // Nothing to act on: recorded, no payment.
     assert_eq!(
-        outcome(stripe_succeeded_in("evt_3", "pi_x", 500, "xyz", partner)).await,
+        outcome(stripe_succeeded_in(
+            "evt_3",
+            "pi_x",
+            500,
+            "xyz",
+            partner.to_string()
+        ))
+        .await,
         ("unsupported_currency".to_owned(), None)
     );
     assert_eq!(
-        outcome(stripe_succeeded_in("evt_4", "pi_y", 500, "no", partner)).await,
+        outcome(stripe_succeeded_in(
+            "evt_4",
+            "pi_y",
+            500,
+            "no",
+            partner.to_string()
+        ))
+        .await,
         ("unsupported_currency".to_owned(), None)
     );
     assert_eq!(
-        outcome(stripe_succeeded_in("evt_5", "pi_z", 0, "ngn", partner)).await,
+        outcome(stripe_succeeded_in(
+            "evt_5",
+            "pi_z",
+            0,
+            "ngn",
+            partner.to_string()
+        ))
+        .await,
         ("invalid_amount".to_owned(), None)
     );
 
     // Another event for a payment already verified, refunded, or refunded twice.
     assert_eq!(
-        outcome(stripe_succeeded_in("evt_6", "pi_jpy", 2500, "jpy", partner)).await,
+        outcome(stripe_succeeded_in(
+            "evt_6",
+            "pi_jpy",
+            2500,
+            "jpy",
+            partner.to_string()
+        ))
+        .await,
         ("already_verified".to_owned(), jpy)
     );
     assert_eq!(
@@ -539,7 +570,14 @@ async fn every_webhook_outcome_is_recorded_and_only_verified_and_refunded_move_m
         ("already_refunded".to_owned(), jpy)
     );
     assert_eq!(
-        outcome(stripe_succeeded_in("evt_9", "pi_jpy", 2500, "jpy", partner)).await,
+        outcome(stripe_succeeded_in(
+            "evt_9",
+            "pi_jpy",
+            2500,
+            "jpy",
+            partner.to_string()
+        ))
+        .await,
         ("illegal_transition".to_owned(), jpy)
     );
 

@@ -155,27 +155,27 @@ pub async fn apply(state: &AppState, delivery: Delivery<'_>) -> Result<Receipt> 
     } = delivery;
     let (step, reference, amount_minor, currency, partner_id) = match action {
         Action::Verify {
+            partner_id: Some(PartnerRef::Invalid(_)),
+            ..
+        } => ("unknown_partner", None, None, None, None),
+        Action::Verify {
             reference,
             amount_minor,
             currency,
             partner_id,
-        } => match partner_id {
-            Some(PartnerRef::Invalid(_)) => ("unknown_partner", None, None, None, None),
-            Some(PartnerRef::Id(id)) => (
+        } => {
+            let partner_id = match partner_id {
+                Some(PartnerRef::Id(id)) => Some(id),
+                _ => None,
+            };
+            (
                 "verify",
                 Some(reference),
                 Some(amount_minor),
                 Some(currency),
-                Some(id),
-            ),
-            None => (
-                "verify",
-                Some(reference),
-                Some(amount_minor),
-                Some(currency),
-                None,
-            ),
-        },
+                partner_id,
+            )
+        }
         Action::Refund {
             reference,
             amount_minor,
