@@ -11,13 +11,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::node::BenchDatabase;
+use serde::Serialize;
+
+use crate::{cpu, node::BenchDatabase};
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Ceiling {
+    pub commits_per_second: f64,
+    /// PostgreSQL's CPU per ceiling commit, to set beside a payment's.
+    pub postgres_cpu_ms_per_commit: f64,
+}
 
 pub async fn measure(
     db: &BenchDatabase,
     clients: usize,
     duration: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Ceiling> {
     db.connect()
         .await?
         .batch_execute(
@@ -29,6 +38,7 @@ pub async fn measure(
     for _ in 0..clients {
         connections.push(db.connect().await?);
     }
+    let cpu_before = cpu::Snapshot::take();
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
@@ -42,11 +52,20 @@ pub async fn measure(
                     .await?;
                 done.fetch_add(1, Ordering::Relaxed);
             }
-            anyhow::Ok(())
+            anyhow::Ok(client)
         }));
     }
+    // Kept open until the CPU is read: a backend's CPU leaves with it.
+    let mut clients = Vec::new();
     for task in tasks {
-        task.await??;
+        clients.push(task.await??);
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    let elapsed = start.elapsed();
+    let spent = cpu::Snapshot::take().spent_since(&cpu_before, elapsed);
+    drop(clients);
+    let commits_per_second = done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
+    Ok(Ceiling {
+        commits_per_second,
+        postgres_cpu_ms_per_commit: 10.0 * spent.postgres_percent / commits_per_second,
+    })
 }

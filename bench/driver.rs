@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
     clients::{self, Clock, Room, SocketOutcome, AMOUNT_BASE_MINOR},
+    cpu,
     node::{listener_backends_cpu, BenchDatabase, ListenMode, Node, ProcessStats, STRIPE_SECRET},
 };
 
@@ -60,6 +61,7 @@ pub struct Outcome {
     pub listener_kills: u64,
     /// CPU of the nodes' LISTEN backends in PostgreSQL, % of one core (None if one was replaced).
     pub listener_backend_cpu_percent: Option<f64>,
+    pub cpu: cpu::Spent,
 }
 
 /// Untimed requests each sender makes before the sockets open.
@@ -296,6 +298,7 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
 
     let cpu_before: Vec<ProcessStats> = nodes.iter().map(Node::stats).collect();
     let backends_before = listener_backends_cpu(db).await?;
+    let machine_before = cpu::Snapshot::take();
     let next_request = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -338,12 +341,18 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
                     }
                 }
             }
+            sender
         }));
     }
+    // The senders live until the CPU is read: a SQL sender's backend exits
+    // with its connection, and its CPU with it.
+    let mut idle_senders = Vec::new();
     for worker in workers {
-        let _ = worker.await;
+        idle_senders.extend(worker.await);
     }
     let elapsed = started.elapsed();
+    let cpu = cpu::Snapshot::take().spent_since(&machine_before, elapsed);
+    drop(idle_senders);
     if let Some(killer) = killer {
         killer.abort();
     }
@@ -402,6 +411,7 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
         server_peak_rss_kib: cpu_after.iter().map(|s| s.peak_rss_kib).max().unwrap_or(0),
         listener_kills: kills.load(Ordering::Relaxed),
         listener_backend_cpu_percent,
+        cpu,
     };
     let cpu: f64 = cpu_after
         .iter()

@@ -14,6 +14,7 @@
 
 mod ceiling;
 mod clients;
+mod cpu;
 mod driver;
 mod node;
 mod report;
@@ -175,13 +176,14 @@ async fn run_scenarios(
             .iter()
             .any(|s| matches!(s, Scenario::MaxSql | Scenario::MaxWebhook))
     {
-        let tps = ceiling::measure(db, args.concurrency, Duration::from_secs(args.seconds)).await?;
-        report.ceiling = Some(tps);
+        let measured =
+            ceiling::measure(db, args.concurrency, Duration::from_secs(args.seconds)).await?;
+        report.ceiling = Some(measured);
         eprintln!(
-            "ceiling: {tps:.0} insert+notify commits/s at {} clients",
-            args.concurrency
+            "ceiling: {:.0} insert+notify commits/s at {} clients",
+            measured.commits_per_second, args.concurrency
         );
-        Some(tps)
+        Some(measured.commits_per_second)
     } else {
         None
     };

@@ -15,7 +15,7 @@ use crate::{
 pub struct Report {
     pub machine: String,
     pub args: String,
-    pub ceiling: Option<f64>,
+    pub ceiling: Option<crate::ceiling::Ceiling>,
     pub synchronous_commit: String,
     pub loads: Vec<LoadRow>,
     pub resume: Option<ResumeRow>,
@@ -47,6 +47,10 @@ pub struct LoadRow {
     pub server_cpu_percent: f64,
     pub server_peak_rss_mib: f64,
     pub listener_backend_cpu_percent: Option<f64>,
+    pub cpu: crate::cpu::Spent,
+    /// PostgreSQL's CPU per committed payment: what the engine (and the
+    /// webhook's SQL) costs the database, however many cores it has.
+    pub postgres_cpu_ms_per_payment: f64,
 }
 
 impl LoadRow {
@@ -78,6 +82,9 @@ impl LoadRow {
             server_cpu_percent: outcome.server_cpu_percent,
             server_peak_rss_mib: outcome.server_peak_rss_kib as f64 / 1024.0,
             listener_backend_cpu_percent: outcome.listener_backend_cpu_percent,
+            cpu: outcome.cpu,
+            postgres_cpu_ms_per_payment: 10.0 * outcome.cpu.postgres_percent
+                / payments_per_second.max(f64::MIN_POSITIVE),
         }
     }
 }
@@ -126,16 +133,17 @@ impl Report {
         );
         if let Some(c) = self.ceiling {
             println!(
-                "PostgreSQL ceiling (insert + pg_notify per transaction, synchronous_commit = {}): **{c:.0} commits/s**\n",
-                self.synchronous_commit
+                "PostgreSQL ceiling (insert + pg_notify per transaction, synchronous_commit = {}): **{:.0} commits/s**, PostgreSQL CPU {:.3} ms per commit\n",
+                self.synchronous_commit, c.commits_per_second, c.postgres_cpu_ms_per_commit
             );
         }
         if !self.loads.is_empty() {
-            println!("| scenario | listen | nodes | partners | sockets | target/s | payments/s | share of ceiling | events delivered/s | p50 ms | p90 ms | p99 ms | max ms | lost | dup | failed req | closed early | listener kills | server CPU % | LISTEN backend CPU % | server peak RSS MiB |");
-            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            let cores = self.loads[0].cpu.cores * 100;
+            println!("| scenario | listen | nodes | partners | sockets | target/s | payments/s | share of ceiling | events delivered/s | p50 ms | p90 ms | p99 ms | max ms | lost | dup | failed req | closed early | listener kills | server CPU % | LISTEN backend CPU % | server peak RSS MiB | PostgreSQL CPU % | PostgreSQL CPU ms per payment | generator CPU % | machine busy % (of {cores}) |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             for r in &self.loads {
                 println!(
-                    "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1} |",
+                    "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1} | {:.0} | {:.2} | {:.0} | {:.0} |",
                     r.scenario,
                     r.listen_mode.as_str(),
                     r.nodes,
@@ -158,7 +166,11 @@ impl Report {
                     r.listener_backend_cpu_percent
                         .map(|c| format!("{c:.1}"))
                         .unwrap_or_else(|| "-".into()),
-                    r.server_peak_rss_mib
+                    r.server_peak_rss_mib,
+                    r.cpu.postgres_percent,
+                    r.postgres_cpu_ms_per_payment,
+                    r.cpu.generator_percent,
+                    r.cpu.machine_busy_percent,
                 );
             }
             println!();
