@@ -47,6 +47,9 @@ pub enum Scenario {
     /// Per-partner LISTEN vs the firehose: SQL path at --rate over --listen-partners partners,
     /// with --listen-online of them online (one socket each), in both listen modes.
     ListenModes,
+    /// The ceiling and both max rates again with synchronous_commit = on (PostgreSQL's
+    /// default, and what a ledger runs with): the notify lock is then held through a WAL flush.
+    Durable,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -64,7 +67,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "ceiling,max-webhook,max-sql,rate,rate-sql,half-ceiling,resume,chaos,listen-modes,idle"
+        default_value = "ceiling,max-webhook,max-sql,rate,rate-sql,half-ceiling,resume,chaos,listen-modes,durable,idle"
     )]
     pub scenarios: Vec<Scenario>,
     /// Service nodes for the throughput scenarios.
@@ -202,7 +205,7 @@ async fn run_scenarios(
             listen_mode: args.listen_mode,
         };
         let plans: Vec<(&str, driver::Load)> = match scenario {
-            Scenario::Ceiling | Scenario::Idle | Scenario::Resume => continue,
+            Scenario::Ceiling | Scenario::Idle | Scenario::Resume | Scenario::Durable => continue,
             Scenario::MaxWebhook => vec![(
                 "max rate, webhook",
                 load(args.nodes, args.sockets, None, driver::Path::Webhook, None),
@@ -288,6 +291,9 @@ async fn run_scenarios(
         }
     }
 
+    if args.scenarios.contains(&Scenario::Durable) {
+        run_durable(args, db, report).await?;
+    }
     if args.scenarios.contains(&Scenario::Resume) {
         eprintln!("running: resume of {} missed events", args.resume_events);
         report.resume = Some(driver::resume(db, args.resume_events).await?);
@@ -301,4 +307,52 @@ async fn run_scenarios(
         }
     }
     Ok(())
+}
+
+async fn run_durable(
+    args: &Args,
+    db: &node::BenchDatabase,
+    report: &mut report::Report,
+) -> anyhow::Result<()> {
+    db.set_synchronous_commit("on").await?;
+    let result = async {
+        let measured =
+            ceiling::measure(db, args.concurrency, Duration::from_secs(args.seconds)).await?;
+        eprintln!(
+            "durable ceiling: {:.0} insert+notify commits/s at {} clients",
+            measured.commits_per_second, args.concurrency
+        );
+        report.durable_ceiling = Some(measured);
+        for (name, path) in [
+            ("max rate, webhook, durable", driver::Path::Webhook),
+            ("max rate, SQL, durable", driver::Path::Sql),
+        ] {
+            eprintln!("running: {name}");
+            let plan = driver::Load {
+                nodes: args.nodes,
+                sockets: args.sockets,
+                admin_sockets: args.admin_sockets,
+                partners: args.partners,
+                concurrency: args.concurrency,
+                duration: Duration::from_secs(args.seconds),
+                rate: None,
+                path,
+                kill_listener_every: None,
+                listen_mode: args.listen_mode,
+            };
+            let outcome = driver::run(db, &plan)
+                .await
+                .with_context(|| format!("scenario {name}"))?;
+            report.loads.push(report::LoadRow::new(
+                name,
+                &plan,
+                &outcome,
+                Some(measured.commits_per_second),
+            ));
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    db.set_synchronous_commit(&args.synchronous_commit).await?;
+    result
 }

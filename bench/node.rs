@@ -49,23 +49,36 @@ impl BenchDatabase {
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await?;
-        // Every session of this database, the ceiling's and the nodes', commits the same way.
-        admin
-            .batch_execute(&format!(
-                "ALTER DATABASE {name} SET synchronous_commit = {synchronous_commit}"
-            ))
-            .await?;
         let base = admin_url.split('?').next().unwrap_or(admin_url);
         let url = format!(
             "{}/{name}",
             base.rsplit_once('/').map(|(s, _)| s).unwrap_or(base)
         );
         commissions::db::migrate(&url).await?;
-        Ok(Self {
+        let db = Self {
             admin_url: admin_url.to_owned(),
             name,
             url,
-        })
+        };
+        db.set_synchronous_commit(synchronous_commit).await?;
+        Ok(db)
+    }
+
+    /// Every session that connects afterwards, the ceiling's and the nodes'
+    /// alike, commits this way (sessions already open keep their setting).
+    pub async fn set_synchronous_commit(&self, value: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            matches!(value, "on" | "off"),
+            "synchronous_commit must be on or off"
+        );
+        connect(&self.admin_url)
+            .await?
+            .batch_execute(&format!(
+                "ALTER DATABASE {} SET synchronous_commit = {value}",
+                self.name
+            ))
+            .await?;
+        Ok(())
     }
 
     pub async fn drop_database(&self) {

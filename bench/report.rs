@@ -16,6 +16,8 @@ pub struct Report {
     pub machine: String,
     pub args: String,
     pub ceiling: Option<crate::ceiling::Ceiling>,
+    /// The ceiling with synchronous_commit = on (the `durable` scenario).
+    pub durable_ceiling: Option<crate::ceiling::Ceiling>,
     pub synchronous_commit: String,
     pub loads: Vec<LoadRow>,
     pub resume: Option<ResumeRow>,
@@ -114,6 +116,7 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join(" "),
             ceiling: None,
+            durable_ceiling: None,
             synchronous_commit: args.synchronous_commit.clone(),
             loads: Vec::new(),
             resume: None,
@@ -135,6 +138,12 @@ impl Report {
             println!(
                 "PostgreSQL ceiling (insert + pg_notify per transaction, synchronous_commit = {}): **{:.0} commits/s**, PostgreSQL CPU {:.3} ms per commit\n",
                 self.synchronous_commit, c.commits_per_second, c.postgres_cpu_ms_per_commit
+            );
+        }
+        if let Some(c) = self.durable_ceiling {
+            println!(
+                "PostgreSQL ceiling, durable (synchronous_commit = on; the `durable` rows' share): **{:.0} commits/s**, PostgreSQL CPU {:.3} ms per commit\n",
+                c.commits_per_second, c.postgres_cpu_ms_per_commit
             );
         }
         if !self.loads.is_empty() {
