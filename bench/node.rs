@@ -116,7 +116,13 @@ impl Node {
 
     pub async fn start_in(db: &BenchDatabase, mode: ListenMode) -> anyhow::Result<Self> {
         let port = free_port()?;
-        let child = Command::new(env!("CARGO_BIN_EXE_commissions"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_commissions"));
+        // The nodes' tokio worker threads (tokio reads TOKIO_WORKER_THREADS; the
+        // generator's own runtime must not, so it is passed under another name).
+        if let Ok(threads) = std::env::var("NODE_WORKER_THREADS") {
+            command.env("TOKIO_WORKER_THREADS", threads);
+        }
+        let child = command
             .arg("serve")
             .env("DATABASE_URL", &db.url)
             .env("LISTEN_MODE", mode.as_str())
