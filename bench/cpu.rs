@@ -77,7 +77,7 @@ fn postgres_cpu_seconds() -> HashMap<u32, f64> {
 }
 
 /// Busy CPU seconds of the whole machine, all cores: the first line of
-/// /proc/stat minus idle and iowait.
+/// /proc/stat minus idle, iowait and steal.
 fn machine_busy_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let ticks: Vec<f64> = stat

@@ -192,31 +192,34 @@ async fn run_scenarios(
     };
 
     for scenario in &args.scenarios {
-        let load = |nodes, sockets, rate, path, kill| driver::Load {
-            nodes,
-            sockets,
-            admin_sockets: args.admin_sockets,
-            partners: args.partners,
-            concurrency: args.concurrency,
-            duration: Duration::from_secs(args.seconds),
-            rate,
-            path,
-            kill_listener_every: kill,
-            listen_mode: args.listen_mode,
-        };
         let plans: Vec<(&str, driver::Load)> = match scenario {
             Scenario::Ceiling | Scenario::Idle | Scenario::Resume | Scenario::Durable => continue,
             Scenario::MaxWebhook => vec![(
                 "max rate, webhook",
-                load(args.nodes, args.sockets, None, driver::Path::Webhook, None),
+                load(
+                    args,
+                    args.nodes,
+                    args.sockets,
+                    None,
+                    driver::Path::Webhook,
+                    None,
+                ),
             )],
             Scenario::MaxSql => vec![(
                 "max rate, SQL",
-                load(args.nodes, args.sockets, None, driver::Path::Sql, None),
+                load(
+                    args,
+                    args.nodes,
+                    args.sockets,
+                    None,
+                    driver::Path::Sql,
+                    None,
+                ),
             )],
             Scenario::Rate => vec![(
                 "fixed rate, webhook",
                 load(
+                    args,
                     args.nodes,
                     args.sockets,
                     Some(args.rate),
@@ -227,6 +230,7 @@ async fn run_scenarios(
             Scenario::RateSql => vec![(
                 "fixed rate, SQL",
                 load(
+                    args,
                     args.nodes,
                     args.sockets,
                     Some(args.rate),
@@ -239,6 +243,7 @@ async fn run_scenarios(
                 vec![(
                     "half the ceiling, webhook",
                     load(
+                        args,
                         args.half_nodes,
                         args.half_sockets,
                         Some(rate),
@@ -250,6 +255,7 @@ async fn run_scenarios(
             Scenario::Chaos => vec![(
                 "LISTEN killed every 1.5 s, SQL",
                 load(
+                    args,
                     1,
                     args.sockets,
                     Some(args.rate),
@@ -268,7 +274,7 @@ async fn run_scenarios(
                                 admin_sockets: 0,
                                 partners: args.listen_partners,
                                 listen_mode: mode,
-                                ..load(1, online, Some(args.rate), driver::Path::Sql, None)
+                                ..load(args, 1, online, Some(args.rate), driver::Path::Sql, None)
                             },
                         )
                     })
@@ -309,6 +315,29 @@ async fn run_scenarios(
     Ok(())
 }
 
+/// A load phase with the run's sizes, concurrency and listen mode.
+fn load(
+    args: &Args,
+    nodes: usize,
+    sockets: usize,
+    rate: Option<u64>,
+    path: driver::Path,
+    kill_listener_every: Option<Duration>,
+) -> driver::Load {
+    driver::Load {
+        nodes,
+        sockets,
+        admin_sockets: args.admin_sockets,
+        partners: args.partners,
+        concurrency: args.concurrency,
+        duration: Duration::from_secs(args.seconds),
+        rate,
+        path,
+        kill_listener_every,
+        listen_mode: args.listen_mode,
+    }
+}
+
 async fn run_durable(
     args: &Args,
     db: &node::BenchDatabase,
@@ -328,18 +357,7 @@ async fn run_durable(
             ("max rate, SQL, durable", driver::Path::Sql),
         ] {
             eprintln!("running: {name}");
-            let plan = driver::Load {
-                nodes: args.nodes,
-                sockets: args.sockets,
-                admin_sockets: args.admin_sockets,
-                partners: args.partners,
-                concurrency: args.concurrency,
-                duration: Duration::from_secs(args.seconds),
-                rate: None,
-                path,
-                kill_listener_every: None,
-                listen_mode: args.listen_mode,
-            };
+            let plan = load(args, args.nodes, args.sockets, None, path, None);
             let outcome = driver::run(db, &plan)
                 .await
                 .with_context(|| format!("scenario {name}"))?;
