@@ -160,6 +160,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let bench_db =
         node::BenchDatabase::create(&args.database_url, &args.synchronous_commit).await?;
     let mut report = report::Report::new(&args);
+    report.fsync = bench_db
+        .connect()
+        .await?
+        .query_one("SHOW fsync", &[])
+        .await?
+        .get(0);
     let result = run_scenarios(&args, &bench_db, &mut report).await;
     report.print();
     report.save(&args.out)?;

@@ -19,6 +19,9 @@ pub struct Report {
     /// The ceiling with synchronous_commit = on (the `durable` scenario).
     pub durable_ceiling: Option<crate::ceiling::Ceiling>,
     pub synchronous_commit: String,
+    /// The server's fsync: with `off` (the throwaway test cluster), a
+    /// "durable" commit flushes nothing and the durable rows mean little.
+    pub fsync: String,
     pub loads: Vec<LoadRow>,
     pub resume: Option<ResumeRow>,
     pub idle: Vec<IdleRow>,
@@ -118,6 +121,7 @@ impl Report {
             ceiling: None,
             durable_ceiling: None,
             synchronous_commit: args.synchronous_commit.clone(),
+            fsync: String::new(),
             loads: Vec::new(),
             resume: None,
             idle: Vec::new(),
@@ -139,6 +143,9 @@ impl Report {
                 "PostgreSQL ceiling (insert + pg_notify per transaction, synchronous_commit = {}): **{:.0} commits/s**, PostgreSQL CPU {:.3} ms per commit\n",
                 self.synchronous_commit, c.commits_per_second, c.postgres_cpu_ms_per_commit
             );
+        }
+        if self.fsync == "off" {
+            println!("**This server runs with fsync = off** (a throwaway test cluster?): commits flush nothing, so synchronous_commit changes little and the durable rows are not durable.\n");
         }
         if let Some(c) = self.durable_ceiling {
             println!(
