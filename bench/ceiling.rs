@@ -38,7 +38,7 @@ pub async fn measure(
     for _ in 0..clients {
         connections.push(db.connect().await?);
     }
-    let cpu_before = cpu::Snapshot::take();
+    let cpu_before = cpu::Snapshot::take(&[]);
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
@@ -61,7 +61,7 @@ pub async fn measure(
         clients.push(task.await??);
     }
     let elapsed = start.elapsed();
-    let spent = cpu::Snapshot::take().spent_since(&cpu_before, elapsed);
+    let spent = cpu::Snapshot::take(&[]).spent_since(&cpu_before, elapsed);
     drop(clients);
     let commits_per_second = done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
     Ok(Ceiling {

@@ -1,6 +1,6 @@
 //! Where the machine's CPU goes during a load phase: PostgreSQL (every
-//! `postgres` process on this machine), the load generator itself, and the
-//! machine as a whole. PostgreSQL, the nodes and the generator share the same
+//! `postgres` process on this machine), the service nodes, the load generator
+//! itself, and the machine as a whole. PostgreSQL, the nodes and the generator share the same
 //! cores here, so a rate is only understood next to what each of them spent.
 
 use std::{collections::HashMap, time::Duration};
@@ -15,6 +15,8 @@ pub struct Snapshot {
     /// Per pid: a backend that exits between two snapshots must not subtract its
     /// whole life's CPU from the processes that remain.
     postgres: HashMap<u32, f64>,
+    /// The service nodes, summed.
+    nodes: f64,
     generator: f64,
     machine_busy: f64,
 }
@@ -23,6 +25,7 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Spent {
     pub postgres_percent: f64,
+    pub nodes_percent: f64,
     pub generator_percent: f64,
     /// Everything busy on the machine (user, system, interrupts; not steal), summed over all cores.
     pub machine_busy_percent: f64,
@@ -30,9 +33,14 @@ pub struct Spent {
 }
 
 impl Snapshot {
-    pub fn take() -> Self {
+    /// `nodes`: the pids of the service nodes (none for the ceiling).
+    pub fn take(nodes: &[u32]) -> Self {
         Self {
             postgres: postgres_cpu_seconds(),
+            nodes: nodes
+                .iter()
+                .map(|&pid| ProcessStats::read(pid).cpu_seconds)
+                .sum(),
             generator: ProcessStats::read(std::process::id()).cpu_seconds,
             machine_busy: machine_busy_seconds(),
         }
@@ -49,6 +57,7 @@ impl Snapshot {
                     .map(|(pid, now)| now - before.postgres.get(pid).copied().unwrap_or(0.0))
                     .sum(),
             ),
+            nodes_percent: percent(self.nodes - before.nodes),
             generator_percent: percent(self.generator - before.generator),
             machine_busy_percent: percent(self.machine_busy - before.machine_busy),
             cores: std::thread::available_parallelism()

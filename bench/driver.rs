@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::{
     clients::{self, Clock, Room, SocketOutcome, AMOUNT_BASE_MINOR},
     cpu,
-    node::{listener_backends_cpu, BenchDatabase, ListenMode, Node, ProcessStats, STRIPE_SECRET},
+    node::{listener_backends_cpu, BenchDatabase, ListenMode, Node, STRIPE_SECRET},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -56,7 +56,6 @@ pub struct Outcome {
     pub gaps: u64,
     pub closed_early: u64,
     pub latency_us: Histogram<u64>,
-    pub server_cpu_percent: f64,
     pub server_peak_rss_kib: u64,
     pub listener_kills: u64,
     /// CPU of the nodes' LISTEN backends in PostgreSQL, % of one core (None if one was replaced).
@@ -69,6 +68,22 @@ const WARM_UP_PER_SENDER: usize = 10;
 /// Warm-up requests are numbered from here, far above any measured one, so their
 /// event ids and payment references never collide with the measured requests'.
 const WARM_UP_FIRST_REQUEST: u64 = 50_000_000;
+
+/// Each partner's `last_seq`: the number of events its room has had so far.
+async fn partner_seqs(
+    client: &tokio_postgres::Client,
+    partners: &[i64],
+) -> anyhow::Result<HashMap<i64, i64>> {
+    Ok(client
+        .query(
+            "SELECT id, last_seq FROM partners WHERE id = ANY($1)",
+            &[&partners],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
 
 pub async fn create_partners(db: &BenchDatabase, count: usize) -> anyhow::Result<Vec<i64>> {
     let client = db.connect().await?;
@@ -255,17 +270,7 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
         }));
     }
     // What each partner's sockets will be owed is counted from here (the warm-up came before).
-    let partner_heads: HashMap<i64, i64> = db
-        .connect()
-        .await?
-        .query(
-            "SELECT id, last_seq FROM partners WHERE id = ANY($1)",
-            &[&partners],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let partner_heads = partner_seqs(&db.connect().await?, &partners).await?;
     let admin_head = db
         .connect()
         .await?
@@ -296,9 +301,9 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
         })
     });
 
-    let cpu_before: Vec<ProcessStats> = nodes.iter().map(Node::stats).collect();
+    let node_pids: Vec<u32> = nodes.iter().map(Node::pid).collect();
     let backends_before = listener_backends_cpu(db).await?;
-    let machine_before = cpu::Snapshot::take();
+    let cpu_before = cpu::Snapshot::take(&node_pids);
     let next_request = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -351,12 +356,11 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
         idle_senders.extend(worker.await);
     }
     let elapsed = started.elapsed();
-    let cpu = cpu::Snapshot::take().spent_since(&machine_before, elapsed);
+    let cpu = cpu::Snapshot::take(&node_pids).spent_since(&cpu_before, elapsed);
     drop(idle_senders);
     if let Some(killer) = killer {
         killer.abort();
     }
-    let cpu_after: Vec<ProcessStats> = nodes.iter().map(Node::stats).collect();
     let backends_after = listener_backends_cpu(db).await?;
     let listener_backend_cpu_percent = (backends_before.len() == nodes.len()
         && backends_after.len() == nodes.len()
@@ -372,16 +376,9 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
     // What each room should have received: the log says.
     let client = db.connect().await?;
     let mut want = HashMap::new();
-    for row in client
-        .query(
-            "SELECT id, last_seq FROM partners WHERE id = ANY($1)",
-            &[&partners],
-        )
-        .await?
-    {
-        let id: i64 = row.get(0);
+    for (id, seq) in partner_seqs(&client, &partners).await? {
         let head = partner_heads.get(&id).copied().unwrap_or(0);
-        want.insert(Room::Partner(id), (row.get::<_, i64>(1) - head) as u64);
+        want.insert(Room::Partner(id), (seq - head) as u64);
     }
     let committed_events: i64 = client
         .query_one(
@@ -407,18 +404,15 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
         gaps: 0,
         closed_early: 0,
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-        server_cpu_percent: 0.0,
-        server_peak_rss_kib: cpu_after.iter().map(|s| s.peak_rss_kib).max().unwrap_or(0),
+        server_peak_rss_kib: nodes
+            .iter()
+            .map(|n| n.stats().peak_rss_kib)
+            .max()
+            .unwrap_or(0),
         listener_kills: kills.load(Ordering::Relaxed),
         listener_backend_cpu_percent,
         cpu,
     };
-    let cpu: f64 = cpu_after
-        .iter()
-        .zip(&cpu_before)
-        .map(|(a, b)| a.cpu_seconds - b.cpu_seconds)
-        .sum();
-    outcome.server_cpu_percent = 100.0 * cpu / elapsed.as_secs_f64();
     for consumer in consumers {
         let socket: SocketOutcome = consumer.await?;
         outcome.expected_deliveries += want.get(&socket.room).copied().unwrap_or(0);

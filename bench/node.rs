@@ -161,8 +161,12 @@ impl Node {
         format!("ws://127.0.0.1:{}/notifications", self.port)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stats(&self) -> ProcessStats {
-        ProcessStats::read(self.child.id())
+        ProcessStats::read(self.pid())
     }
 }
 

@@ -84,7 +84,7 @@ impl LoadRow {
             failed_requests: outcome.failed_requests,
             closed_early: outcome.closed_early,
             listener_kills: outcome.listener_kills,
-            server_cpu_percent: outcome.server_cpu_percent,
+            server_cpu_percent: outcome.cpu.nodes_percent,
             server_peak_rss_mib: outcome.server_peak_rss_kib as f64 / 1024.0,
             listener_backend_cpu_percent: outcome.listener_backend_cpu_percent,
             cpu: outcome.cpu,
