@@ -485,25 +485,21 @@ async fn every_webhook_outcome_is_recorded_and_only_verified_and_refunded_move_m
             )
         }
     };
+    let succeeded =
+        |event_id: &'static str, intent: &'static str, amount: i64, currency: &'static str| {
+            outcome(stripe_succeeded_in(
+                event_id,
+                intent,
+                amount,
+                currency,
+                partner.to_string(),
+            ))
+        };
 
     // Amounts arrive in minor units, converted by each currency's own decimals.
-    let (verified, jpy) = outcome(stripe_succeeded_in(
-        "evt_1",
-        "pi_jpy",
-        2500,
-        "jpy",
-        partner.to_string(),
-    ))
-    .await;
+    let (verified, jpy) = succeeded("evt_1", "pi_jpy", 2500, "jpy").await;
     assert_eq!(verified, "verified");
-    let (verified, kwd) = outcome(stripe_succeeded_in(
-        "evt_2",
-        "pi_kwd",
-        12345,
-        "kwd",
-        partner.to_string(),
-    ))
-    .await;
+    let (verified, kwd) = succeeded("evt_2", "pi_kwd", 12345, "kwd").await;
     assert_eq!(verified, "verified");
     let amounts: Vec<String> = sqlx::query_scalar(
         "SELECT money_text(amount, currency) FROM payments WHERE id = ANY($1) ORDER BY id",
@@ -516,49 +512,21 @@ async fn every_webhook_outcome_is_recorded_and_only_verified_and_refunded_move_m
 
     // Nothing to act on: recorded, no payment.
     assert_eq!(
-        outcome(stripe_succeeded_in(
-            "evt_3",
-            "pi_x",
-            500,
-            "xyz",
-            partner.to_string()
-        ))
-        .await,
+        succeeded("evt_3", "pi_x", 500, "xyz").await,
         ("unsupported_currency".to_owned(), None)
     );
     assert_eq!(
-        outcome(stripe_succeeded_in(
-            "evt_4",
-            "pi_y",
-            500,
-            "no",
-            partner.to_string()
-        ))
-        .await,
+        succeeded("evt_4", "pi_y", 500, "no").await,
         ("unsupported_currency".to_owned(), None)
     );
     assert_eq!(
-        outcome(stripe_succeeded_in(
-            "evt_5",
-            "pi_z",
-            0,
-            "ngn",
-            partner.to_string()
-        ))
-        .await,
+        succeeded("evt_5", "pi_z", 0, "ngn").await,
         ("invalid_amount".to_owned(), None)
     );
 
     // Another event for a payment already verified, refunded, or refunded twice.
     assert_eq!(
-        outcome(stripe_succeeded_in(
-            "evt_6",
-            "pi_jpy",
-            2500,
-            "jpy",
-            partner.to_string()
-        ))
-        .await,
+        succeeded("evt_6", "pi_jpy", 2500, "jpy").await,
         ("already_verified".to_owned(), jpy)
     );
     assert_eq!(
@@ -570,14 +538,7 @@ async fn every_webhook_outcome_is_recorded_and_only_verified_and_refunded_move_m
         ("already_refunded".to_owned(), jpy)
     );
     assert_eq!(
-        outcome(stripe_succeeded_in(
-            "evt_9",
-            "pi_jpy",
-            2500,
-            "jpy",
-            partner.to_string()
-        ))
-        .await,
+        succeeded("evt_9", "pi_jpy", 2500, "jpy").await,
         ("illegal_transition".to_owned(), jpy)
     );
 
