@@ -76,7 +76,7 @@ async fn partner_seqs(
 ) -> anyhow::Result<HashMap<i64, i64>> {
     Ok(client
         .query(
-            "SELECT id, last_seq FROM partners WHERE id = ANY($1)",
+            "SELECT id, partner_last_seq(id) FROM partners WHERE id = ANY($1)",
             &[&partners],
         )
         .await?

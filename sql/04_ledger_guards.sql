@@ -39,7 +39,18 @@ RETURNS boolean
 LANGUAGE sql STABLE
 AS $$ SELECT coalesce(current_setting('commissions.engine', true), '') = 'on' $$;
 COMMENT ON FUNCTION engine_is_running() IS
-    'True inside record_commission(): lets the guards tell the engine''s writes from a hand edit.';
+    'True inside the engine''s publisher (publish_commission_entry): lets the guards tell the engine''s writes from a hand edit.';
+
+CREATE OR REPLACE FUNCTION touch_updated_at()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION touch_updated_at() IS 'Trigger function: sets updated_at on every update.';
 
 CREATE OR REPLACE FUNCTION guard_engine_columns()
 RETURNS trigger
@@ -47,36 +58,45 @@ LANGUAGE plpgsql
 AS $$
 BEGIN
     IF engine_is_running() THEN
-        RETURN NEW;
+        RETURN coalesce(NEW, OLD);
     END IF;
-    IF TG_TABLE_NAME = 'partners' THEN
-        IF NEW.last_seq IS DISTINCT FROM OLD.last_seq THEN
-            RAISE EXCEPTION 'partners.last_seq of partner % is kept by the commission engine and cannot be changed by hand', OLD.id
-                USING ERRCODE = 'CM003';
-        END IF;
-        NEW.updated_at := now();
-        RETURN NEW;
+    IF TG_TABLE_NAME = 'partner_balances' THEN
+        RAISE EXCEPTION 'partner_balances are kept by the commission engine from the ledger: % by hand is not allowed (partner %, %)',
+            TG_OP, coalesce(NEW.partner_id, OLD.partner_id), coalesce(NEW.currency, OLD.currency)
+            USING ERRCODE = 'CM003';
     END IF;
-    RAISE EXCEPTION 'partner_balances are kept by the commission engine from the ledger: % by hand is not allowed (partner %, %)',
-        TG_OP, coalesce(NEW.partner_id, OLD.partner_id), coalesce(NEW.currency, OLD.currency)
-        USING ERRCODE = 'CM003';
+    RAISE EXCEPTION '% is kept by the commission engine (it orders the event log): % by hand is not allowed',
+        TG_TABLE_NAME, TG_OP USING ERRCODE = 'CM003';
 END
 $$;
 COMMENT ON FUNCTION guard_engine_columns() IS
-    'Trigger function: only the engine may change partners.last_seq or any partner_balances row.';
+    'Trigger function: only the engine may write partner_balances, partner_streams and event_log_head.';
 
 -- The WHEN clauses keep the engine's own writes (three per event) from
 -- calling the trigger function at all; the function checks again anyway. They
 -- spell out engine_is_running() because a trigger's WHEN is prepared again for
 -- every statement, and inlining a SQL function means parsing its body.
-CREATE OR REPLACE TRIGGER partners_guard_seq
-    BEFORE UPDATE ON partners
-    FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
-    EXECUTE FUNCTION guard_engine_columns();
-COMMENT ON TRIGGER partners_guard_seq ON partners IS 'last_seq is the engine''s: a gap or repeat would break resume.';
+DROP TRIGGER IF EXISTS partners_guard_seq ON partners;
 
 CREATE OR REPLACE TRIGGER partner_balances_guard
     BEFORE INSERT OR UPDATE OR DELETE ON partner_balances
     FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
     EXECUTE FUNCTION guard_engine_columns();
 COMMENT ON TRIGGER partner_balances_guard ON partner_balances IS 'Balances change only with the ledger, in the engine.';
+
+CREATE OR REPLACE TRIGGER partner_streams_guard
+    BEFORE INSERT OR UPDATE OR DELETE ON partner_streams
+    FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
+    EXECUTE FUNCTION guard_engine_columns();
+COMMENT ON TRIGGER partner_streams_guard ON partner_streams IS 'A partner''s seq is the engine''s: a gap or repeat would break resume.';
+
+CREATE OR REPLACE TRIGGER event_log_head_guard
+    BEFORE INSERT OR UPDATE OR DELETE ON event_log_head
+    FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
+    EXECUTE FUNCTION guard_engine_columns();
+COMMENT ON TRIGGER event_log_head_guard ON event_log_head IS 'The admin position is the engine''s: a gap or repeat would break admin resume.';
+
+CREATE OR REPLACE TRIGGER partners_touch
+    BEFORE UPDATE ON partners
+    FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
+COMMENT ON TRIGGER partners_touch ON partners IS 'Keeps partners.updated_at.';

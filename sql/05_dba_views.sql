@@ -1,18 +1,19 @@
 -- Views for the people who read the engine in psql. Each is dropped and
 -- recreated on every migrate, so a column change here just works.
 
-DROP VIEW IF EXISTS commission_audit, commission_ledger, partner_summary;
+DROP VIEW IF EXISTS commission_audit, commission_ledger, partner_summary, parked_events, payment_refunds_and_disputes;
 
 CREATE VIEW partner_summary AS
 SELECT p.id                           AS partner_id,
        p.name,
        p.commission_rate,
-       p.last_seq,
+       partner_last_seq(p.id)         AS last_seq,
        b.currency,
        coalesce(b.earned, 0)          AS earned,
        coalesce(b.pending, 0)         AS pending,
        coalesce(b.paid, 0)            AS paid,
        coalesce(b.reversed, 0)        AS reversed,
+       coalesce(b.held, 0)            AS held,
        (SELECT count(*) FROM commissions c
          WHERE c.partner_id = p.id AND c.currency = b.currency AND c.kind = 'earned') AS commissions_earned
   FROM partners p
@@ -25,11 +26,13 @@ SELECT c.id          AS commission_id,
        c.partner_id,
        p.name        AS partner_name,
        c.kind,
+       c.reason,
        c.amount,
        c.currency,
        c.rate,
        c.payment_id,
        c.payment_amount,
+       pay.refunded_amount,
        pay.status    AS payment_status,
        pay.provider,
        pay.provider_reference
@@ -38,11 +41,36 @@ SELECT c.id          AS commission_id,
   JOIN payments pay ON pay.id = c.payment_id;
 COMMENT ON VIEW commission_ledger IS 'The ledger joined to its payments and partners: SELECT * FROM commission_ledger WHERE partner_id = 1 ORDER BY commission_id DESC;';
 
+CREATE VIEW parked_events AS
+SELECT w.provider, w.event_id, w.event_type, w.parked_reason, w.reference, w.action,
+       w.amount_minor, w.currency, w.partner_id, w.object_id, w.object_state,
+       w.occurred_at, w.received_at,
+       CASE w.parked_reason
+           WHEN 'unknown_payment'      THEN 'applies by itself when the provider''s payment event arrives'
+           WHEN 'payment_not_verified' THEN 'applies by itself when the payment is verified'
+           WHEN 'unknown_partner'      THEN format('create partner %s, then SELECT * FROM reapply_parked_events()', w.partner_id)
+           WHEN 'unsupported_currency' THEN format('add currency %s to currencies, then SELECT * FROM reapply_parked_events()', upper(w.currency))
+       END AS what_applies_it
+  FROM webhook_events w
+ WHERE w.outcome = 'parked';
+COMMENT ON VIEW parked_events IS 'Provider events received but not yet applied, and why; nothing a provider sent is dropped. SELECT * FROM reapply_parked_events() retries them all.';
+
+CREATE VIEW payment_refunds_and_disputes AS
+SELECT pay.id AS payment_id, pay.partner_id, pay.currency, pay.amount, pay.refunded_amount, pay.status,
+       d.provider, d.dispute_id, d.amount AS disputed_amount, d.state AS dispute_state, d.updated_at AS dispute_updated_at
+  FROM payments pay
+  LEFT JOIN disputes d ON d.payment_id = pay.id
+ WHERE pay.refunded_amount > 0 OR d.payment_id IS NOT NULL;
+COMMENT ON VIEW payment_refunds_and_disputes IS 'Every payment with a refund or a dispute: how much is refunded, and each dispute''s amount and state.';
+
 CREATE VIEW commission_audit AS
 WITH ledger AS (
     SELECT partner_id, currency,
-           sum(amount) FILTER (WHERE kind = 'earned')   AS earned,
-           sum(amount) FILTER (WHERE kind = 'reversed') AS reversed
+           coalesce(sum(amount) FILTER (WHERE kind = 'earned'), 0) AS earned,
+           coalesce(sum(amount) FILTER (WHERE kind = 'reversed'), 0)
+             - coalesce(sum(amount) FILTER (WHERE kind = 'reinstated'), 0) AS reversed,
+           coalesce(sum(amount) FILTER (WHERE kind = 'held'), 0)
+             - coalesce(sum(amount) FILTER (WHERE kind = 'released'), 0) AS held
       FROM commissions
      GROUP BY partner_id, currency
 ), totals AS (
@@ -50,23 +78,57 @@ WITH ledger AS (
            coalesce(b.currency, l.currency)     AS currency,
            coalesce(b.earned, 0)   AS balance_earned,   coalesce(l.earned, 0)   AS ledger_earned,
            coalesce(b.reversed, 0) AS balance_reversed, coalesce(l.reversed, 0) AS ledger_reversed,
+           coalesce(b.held, 0)     AS balance_held,     coalesce(l.held, 0)     AS ledger_held,
            coalesce(b.pending, 0)  AS balance_pending,
            coalesce(b.paid, 0)     AS balance_paid
       FROM partner_balances b
       FULL JOIN ledger l ON l.partner_id = b.partner_id AND l.currency = b.currency
+), per_payment AS (
+    SELECT pay.id AS payment_id, pay.partner_id, pay.currency,
+           e.amount AS earned,
+           coalesce(sum(c.amount) FILTER (WHERE c.kind = 'reversed'), 0)
+             - coalesce(sum(c.amount) FILTER (WHERE c.kind = 'reinstated'), 0) AS reversed,
+           coalesce(sum(c.amount) FILTER (WHERE c.kind = 'held'), 0)
+             - coalesce(sum(c.amount) FILTER (WHERE c.kind = 'released'), 0) AS held,
+           round(e.amount * least(pay.amount, pay.refunded_amount
+                 + coalesce((SELECT sum(d.amount) FROM disputes d
+                              WHERE d.payment_id = pay.id AND d.state IN ('funds_withdrawn', 'lost')), 0))
+                 / pay.amount, pay.minor_units) AS reversed_by_rule
+      FROM payments pay
+      JOIN commissions e ON e.payment_id = pay.id AND e.kind = 'earned'
+      LEFT JOIN commissions c ON c.payment_id = pay.id AND c.kind <> 'earned'
+     GROUP BY pay.id, e.amount
 )
 SELECT partner_id, currency,
        'balance differs from the sum of its ledger entries' AS problem,
-       balance_earned, ledger_earned, balance_reversed, ledger_reversed, balance_pending, balance_paid
+       NULL::bigint AS payment_id,
+       balance_earned, ledger_earned, balance_reversed, ledger_reversed, balance_held, ledger_held, balance_pending, balance_paid
   FROM totals
  WHERE balance_earned <> ledger_earned
     OR balance_reversed <> ledger_reversed
+    OR balance_held <> ledger_held
     OR balance_pending <> balance_earned - balance_reversed - balance_paid
 UNION ALL
-SELECT p.id, NULL, format('last_seq is %s but the event log holds %s events (max seq %s)', p.last_seq, count(e.seq), max(e.seq)),
-       NULL, NULL, NULL, NULL, NULL, NULL
+SELECT partner_id, currency,
+       format('payment %s: reversed %s and held %s of an earned %s (the rule reverses %s)',
+              payment_id, reversed, held, earned, reversed_by_rule),
+       payment_id, NULL, earned, NULL, reversed, NULL, held, NULL, NULL
+  FROM per_payment
+ WHERE reversed < 0 OR reversed > earned OR held < 0 OR held > earned - reversed OR reversed <> reversed_by_rule
+UNION ALL
+SELECT p.id, NULL,
+       format('last_seq is %s but the event log holds %s events (max seq %s)', partner_last_seq(p.id), count(e.seq), max(e.seq)),
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
   FROM partners p
   LEFT JOIN commission_events e ON e.partner_id = p.id
- GROUP BY p.id, p.last_seq
-HAVING p.last_seq <> count(e.seq) OR p.last_seq <> coalesce(max(e.seq), 0);
-COMMENT ON VIEW commission_audit IS 'Every partner whose totals disagree with the ledger, or whose event sequence has a gap. Always empty; a row here is a bug to report.';
+ GROUP BY p.id
+HAVING partner_last_seq(p.id) <> count(e.seq) OR partner_last_seq(p.id) <> coalesce(max(e.seq), 0)
+UNION ALL
+SELECT NULL, NULL,
+       format('event_log_head is at %s but the event log holds %s events (max position %s)', h.position, count(e.position), max(e.position)),
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+  FROM event_log_head h
+  LEFT JOIN commission_events e ON true
+ GROUP BY h.position
+HAVING h.position <> coalesce(max(e.position), 0);
+COMMENT ON VIEW commission_audit IS 'Every partner whose totals disagree with the ledger, every payment whose reversals disagree with its refunds and disputes, and every gap in an event sequence. Always empty (read it outside an open engine transaction: balances follow the ledger at commit); a row here is a bug to report.';

@@ -32,11 +32,39 @@ LANGUAGE plpgsql
 AS $$ BEGIN RETURN change_payment_status(p_payment_id, 'verified'); END $$;
 COMMENT ON FUNCTION verify_payment(bigint) IS 'Verifies a pending payment, earning its commission.';
 
-CREATE OR REPLACE FUNCTION refund_payment(p_payment_id bigint)
+DROP FUNCTION IF EXISTS refund_payment(bigint);
+CREATE OR REPLACE FUNCTION refund_payment(p_payment_id bigint, p_amount numeric DEFAULT NULL)
 RETURNS payments
 LANGUAGE plpgsql
-AS $$ BEGIN RETURN change_payment_status(p_payment_id, 'refunded'); END $$;
-COMMENT ON FUNCTION refund_payment(bigint) IS 'Refunds a verified payment, reversing its commission.';
+AS $$
+DECLARE
+    v_payment payments;
+BEGIN
+    SELECT * INTO v_payment FROM payments WHERE id = p_payment_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'payment % does not exist', p_payment_id USING ERRCODE = 'CM004';
+    END IF;
+    IF v_payment.status = 'refunded' THEN
+        RAISE EXCEPTION 'illegal status change for payment %: it is already refunded', p_payment_id
+            USING ERRCODE = 'CM001';
+    END IF;
+    IF v_payment.status <> 'verified' THEN
+        RAISE EXCEPTION 'illegal status change for payment %: % -> refunded (allowed: pending -> verified, pending -> failed, verified -> refunded)',
+            p_payment_id, v_payment.status USING ERRCODE = 'CM001';
+    END IF;
+    IF p_amount IS NOT NULL AND p_amount <= 0 THEN
+        RAISE EXCEPTION 'a refund amount must be positive (got %)', trim_scale(p_amount) USING ERRCODE = 'CM002';
+    END IF;
+    -- payments_check_transition refuses too many decimals and more than was paid.
+    UPDATE payments
+       SET refunded_amount = CASE WHEN p_amount IS NULL THEN amount ELSE refunded_amount + p_amount END
+     WHERE id = p_payment_id
+    RETURNING * INTO v_payment;
+    RETURN v_payment;
+END
+$$;
+COMMENT ON FUNCTION refund_payment(bigint, numeric) IS
+    'Refunds a verified payment: p_amount more (in major units), or by default all that is not refunded yet. Refunds add up; reaching the amount makes the payment refunded. The engine reverses the commission in proportion.';
 
 CREATE OR REPLACE FUNCTION fail_payment(p_payment_id bigint)
 RETURNS payments

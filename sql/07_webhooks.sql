@@ -1,17 +1,163 @@
--- A provider's webhook event, applied in one call and one transaction.
+-- Provider webhook events, applied in one call and one transaction.
 --
--- The service checks the signature and reads the provider's JSON; what the
--- event asks (verify, refund, or nothing) is decided here, next to the data.
--- One round trip instead of one per step matters: every statement a client
--- sends costs PostgreSQL a wake-up, a snapshot and a protocol exchange, and
--- the webhook path spent more CPU on those than on the engine itself.
+-- The service checks the signature and reads the provider's JSON into the
+-- engine's terms (an action with a reference and an amount); what the event
+-- does is decided here, next to the data. One round trip instead of one per
+-- step matters: every statement a client sends costs PostgreSQL a wake-up,
+-- a snapshot and a protocol exchange.
 --
--- The event row is inserted first: a redelivery racing with the first
--- delivery waits on its primary key until that commits, then finds the row
--- and changes nothing. The engine (verify_payment, refund_payment) runs last:
--- from its advisory lock to COMMIT every verification takes turns, so
--- nothing else may sit in between.
+-- Actions:
+--   verify             a successful charge: record the payment if new, verify it
+--   refund_cumulative  the total refunded so far (Stripe's amount_refunded):
+--                      refunded_amount := greatest(refunded_amount, total)
+--   refund             one refund of amount_minor (Paystack), counted once by
+--                      its event id
+--   dispute            a dispute object_id of amount_minor now in object_state
+--                      (open, funds_withdrawn, won, lost); states only move
+--                      forward, so a late, older event changes nothing
+--   anything else      the outcome itself (ignored, invalid_partner): recorded
+--
+-- Nothing a provider sent is dropped. An event that cannot apply yet is
+-- parked (outcome 'parked', with parked_reason) in the transaction that
+-- answers 200:
+--   unknown_payment, payment_not_verified  applied by the transaction that
+--                      records or verifies the payment (commission_engine)
+--   unknown_partner, unsupported_currency  applied by reapply_parked_events()
+--                      once an operator has created the partner or currency
+-- Events about one provider reference take turns (a transaction-scoped
+-- advisory lock on the reference), so a refund racing its payment's first
+-- event either sees the payment or is seen by it: never neither.
 
+CREATE OR REPLACE FUNCTION provider_reference_lock(p_provider text, p_reference text)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_provider || ':' || p_reference, 7164946332));
+END
+$$;
+COMMENT ON FUNCTION provider_reference_lock(text, text) IS
+    'Serialises the events about one provider reference until the end of the transaction (only that payment''s events wait).';
+
+CREATE OR REPLACE FUNCTION dispute_state_rank(p_state text)
+RETURNS int
+LANGUAGE sql IMMUTABLE STRICT
+AS $$ SELECT CASE p_state WHEN 'open' THEN 1 WHEN 'funds_withdrawn' THEN 2 WHEN 'won' THEN 3 WHEN 'lost' THEN 3 END $$;
+COMMENT ON FUNCTION dispute_state_rank(text) IS
+    'Dispute states in the order they can happen: open 1, funds_withdrawn 2, won or lost 3 (final). A dispute moves only to a higher rank.';
+
+-- Applies one stored event and records its outcome on its row. Called for a
+-- new event by apply_webhook_event and for a parked one by the two functions
+-- below; the row must be locked by the caller.
+CREATE OR REPLACE FUNCTION apply_stored_event(p_provider text, p_event_id text)
+RETURNS webhook_events
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    e             webhook_events;
+    v_outcome     text;
+    v_parked      text;
+    v_payment_id  bigint;
+    v_minor_units smallint;
+    v_amount      numeric;
+    v_payment     payments;
+    v_changed     boolean;
+BEGIN
+    SELECT * INTO e FROM webhook_events w WHERE w.provider = p_provider AND w.event_id = p_event_id;
+    IF e.reference IS NOT NULL THEN
+        PERFORM provider_reference_lock(e.provider, e.reference);
+        SELECT * INTO v_payment FROM payments p
+         WHERE p.provider = e.provider AND p.provider_reference = e.reference
+           FOR UPDATE;
+    END IF;
+
+    IF e.action = 'verify' THEN
+        IF e.currency ~ '^[A-Za-z]{3}$' THEN
+            SELECT c.minor_units INTO v_minor_units FROM currencies c WHERE c.code = upper(e.currency)::char(3);
+        END IF;
+        IF v_payment.id IS NOT NULL THEN
+            v_payment_id := v_payment.id;
+            v_outcome := CASE v_payment.status
+                             WHEN 'pending'  THEN 'verified'
+                             WHEN 'failed'   THEN 'illegal_transition'
+                             ELSE 'already_verified'
+                         END;
+        ELSIF v_minor_units IS NULL THEN
+            v_outcome := 'parked'; v_parked := 'unsupported_currency';
+        ELSIF e.amount_minor IS NULL OR e.amount_minor <= 0 THEN
+            v_outcome := 'invalid_amount';
+        ELSIF e.partner_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM partners WHERE id = e.partner_id) THEN
+            v_outcome := 'parked'; v_parked := 'unknown_partner';
+        ELSE
+            -- Recorded pending, then verified: a provider's payment passes
+            -- through the same state machine as a manual one.
+            INSERT INTO payments (amount, currency, partner_id, provider, provider_reference)
+            VALUES (money_from_minor_units(e.amount_minor, v_minor_units), upper(e.currency), e.partner_id, e.provider, e.reference)
+            RETURNING id INTO v_payment_id;
+            v_outcome := 'verified';
+        END IF;
+    ELSIF e.action IN ('refund_cumulative', 'refund', 'dispute') THEN
+        IF v_payment.id IS NULL THEN
+            v_outcome := 'parked'; v_parked := 'unknown_payment';
+        ELSIF v_payment.status = 'pending' THEN
+            v_outcome := 'parked'; v_parked := 'payment_not_verified'; v_payment_id := v_payment.id;
+        ELSIF v_payment.status = 'failed' THEN
+            v_outcome := 'illegal_transition'; v_payment_id := v_payment.id;
+        ELSIF e.amount_minor IS NOT NULL AND e.amount_minor < 0 THEN
+            v_outcome := 'invalid_amount'; v_payment_id := v_payment.id;
+        ELSE
+            v_payment_id := v_payment.id;
+            -- In the payment's own minor units, capped at what was paid.
+            v_amount := least(v_payment.amount, money_from_minor_units(e.amount_minor, v_payment.minor_units));
+            IF e.action = 'dispute' THEN
+                IF e.object_id IS NULL OR dispute_state_rank(e.object_state) IS NULL THEN
+                    v_outcome := 'ignored';
+                ELSE
+                    INSERT INTO disputes AS d (provider, dispute_id, payment_id, amount, state)
+                    VALUES (e.provider, e.object_id, v_payment.id, coalesce(nullif(v_amount, 0), v_payment.amount), e.object_state)
+                    ON CONFLICT (provider, dispute_id) DO UPDATE
+                       SET state = EXCLUDED.state, updated_at = now()
+                     WHERE dispute_state_rank(d.state) < dispute_state_rank(EXCLUDED.state);
+                    v_outcome := CASE WHEN FOUND THEN 'dispute_updated' ELSE 'unchanged' END;
+                END IF;
+            ELSE
+                v_amount := CASE
+                    WHEN e.action = 'refund_cumulative' THEN greatest(v_payment.refunded_amount, v_amount)
+                    WHEN v_amount IS NULL THEN v_payment.amount           -- a refund that names no amount: the rest
+                    ELSE least(v_payment.amount, v_payment.refunded_amount + v_amount)
+                END;
+                v_changed := v_amount > v_payment.refunded_amount;
+                IF v_changed THEN
+                    UPDATE payments SET refunded_amount = v_amount WHERE id = v_payment.id;
+                END IF;
+                v_outcome := CASE WHEN v_changed THEN 'refunded' ELSE 'unchanged' END;
+            END IF;
+        END IF;
+    ELSE
+        -- The service already knows the outcome (an unsupported event type,
+        -- a partner id that is not a number): record it.
+        v_outcome := e.action;
+    END IF;
+
+    UPDATE webhook_events w
+       SET outcome = v_outcome,
+           payment_id = v_payment_id,
+           parked_reason = coalesce(v_parked, w.parked_reason),
+           applied_at = CASE WHEN v_outcome <> 'parked' AND w.outcome = 'parked' THEN now() END
+     WHERE w.provider = e.provider AND w.event_id = e.event_id
+    RETURNING * INTO e;
+
+    -- The engine runs last, after every row this event touches is written.
+    IF v_outcome = 'verified' THEN
+        PERFORM verify_payment(v_payment_id);
+    END IF;
+    RETURN e;
+END
+$$;
+COMMENT ON FUNCTION apply_stored_event(text, text) IS
+    'Engine internals: applies one event of webhook_events as its action says (see the head of sql/07_webhooks.sql) and records the outcome, or parks it with its reason.';
+
+DROP FUNCTION IF EXISTS apply_webhook_event(text, text, text, jsonb, text, text, bigint, text, bigint);
 CREATE OR REPLACE FUNCTION apply_webhook_event(
     p_provider      text,
     p_event_id      text,
@@ -21,95 +167,89 @@ CREATE OR REPLACE FUNCTION apply_webhook_event(
     p_reference     text,
     p_amount_minor  bigint,
     p_currency      text,
-    p_partner_id    bigint)
-RETURNS TABLE (outcome text, payment_id bigint)
+    p_partner_id    bigint,
+    p_object_id     text,
+    p_object_state  text,
+    p_occurred_at   timestamptz)
+RETURNS TABLE (outcome text, payment_id bigint, parked_reason text)
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_outcome     text;
-    v_payment_id  bigint;
-    v_minor_units smallint;
-    v_amount      numeric;
-    v_payment     record;
+    e webhook_events;
 BEGIN
-    INSERT INTO webhook_events (provider, event_id, event_type, outcome, payload)
-    VALUES (p_provider, p_event_id, p_event_type, 'processing', p_payload)
+    -- A redelivery racing the first delivery waits on this primary key until
+    -- that commits, then finds the row and changes nothing.
+    INSERT INTO webhook_events (provider, event_id, event_type, outcome, payload, action, reference,
+                                amount_minor, currency, partner_id, object_id, object_state, occurred_at)
+    VALUES (p_provider, p_event_id, p_event_type, 'processing', p_payload, p_action, p_reference,
+            p_amount_minor, p_currency, p_partner_id, p_object_id, p_object_state, p_occurred_at)
     ON CONFLICT (provider, event_id) DO NOTHING;
     IF NOT FOUND THEN
-        RETURN QUERY SELECT 'duplicate'::text, NULL::bigint;
+        RETURN QUERY SELECT 'duplicate'::text, NULL::bigint, NULL::text;
         RETURN;
     END IF;
-
-    IF p_action = 'verify' THEN
-        IF p_currency ~ '^[A-Za-z]{3}$' THEN
-            SELECT c.minor_units INTO v_minor_units FROM currencies c WHERE c.code = upper(p_currency)::char(3);
-        END IF;
-        IF v_minor_units IS NULL THEN
-            v_outcome := 'unsupported_currency';
-        ELSE
-            v_amount := money_from_minor_units(p_amount_minor, v_minor_units);
-            IF v_amount <= 0 THEN
-                v_outcome := 'invalid_amount';
-            ELSIF p_partner_id IS NOT NULL
-                  AND NOT EXISTS (SELECT 1 FROM partners WHERE id = p_partner_id) THEN
-                v_outcome := 'unknown_partner';
-            ELSE
-                SELECT p.id, p.status INTO v_payment
-                  FROM payments p
-                 WHERE p.provider = p_provider AND p.provider_reference = p_reference
-                   FOR UPDATE;
-                IF NOT FOUND THEN
-                    -- Recorded pending, then verified: a provider's payment passes
-                    -- through the same state machine as a manual one.
-                    INSERT INTO payments (amount, currency, partner_id, provider, provider_reference)
-                    VALUES (v_amount, upper(p_currency), p_partner_id, p_provider, p_reference)
-                    RETURNING id INTO v_payment_id;
-                    v_outcome := 'verified';
-                ELSE
-                    v_payment_id := v_payment.id;
-                    v_outcome := CASE v_payment.status
-                                     WHEN 'pending'  THEN 'verified'
-                                     WHEN 'verified' THEN 'already_verified'
-                                     ELSE 'illegal_transition'
-                                 END;
-                END IF;
-            END IF;
-        END IF;
-    ELSIF p_action = 'refund' THEN
-        SELECT p.id, p.status, p.amount, c.minor_units INTO v_payment
-          FROM payments p JOIN currencies c ON c.code = p.currency
-         WHERE p.provider = p_provider AND p.provider_reference = p_reference
-           FOR UPDATE OF p;
-        IF NOT FOUND THEN
-            v_outcome := 'unknown_payment';
-        ELSE
-            v_payment_id := v_payment.id;
-            v_outcome := CASE
-                WHEN p_amount_minor IS NOT NULL
-                     AND money_from_minor_units(p_amount_minor, v_payment.minor_units) < v_payment.amount
-                    THEN 'partial_refund_ignored'
-                WHEN v_payment.status = 'refunded' THEN 'already_refunded'
-                WHEN v_payment.status <> 'verified' THEN 'illegal_transition'
-                ELSE 'refunded'
-            END;
-        END IF;
-    ELSE
-        -- The service already knows the outcome (an unsupported event type, a
-        -- partial refund, a partner id that is not a number): record it.
-        v_outcome := p_action;
-    END IF;
-
-    UPDATE webhook_events w
-       SET outcome = v_outcome, payment_id = v_payment_id
-     WHERE w.provider = p_provider AND w.event_id = p_event_id;
-
-    IF v_outcome = 'verified' THEN
-        PERFORM verify_payment(v_payment_id);
-    ELSIF v_outcome = 'refunded' THEN
-        PERFORM refund_payment(v_payment_id);
-    END IF;
-    RETURN QUERY SELECT v_outcome, v_payment_id;
+    e := apply_stored_event(p_provider, p_event_id);
+    RETURN QUERY SELECT e.outcome, e.payment_id, e.parked_reason;
 END
 $$;
-COMMENT ON FUNCTION apply_webhook_event(text, text, text, jsonb, text, text, bigint, text, bigint) IS
-    'Applies one signature-checked provider event: records it in webhook_events (a redelivery returns duplicate and changes nothing), then for p_action verify creates or finds the payment by provider reference and verifies it, for refund refunds it in full, and otherwise records p_action as the outcome. Returns the outcome and the payment. Called by the service once per webhook.';
+COMMENT ON FUNCTION apply_webhook_event(text, text, text, jsonb, text, text, bigint, text, bigint, text, text, timestamptz) IS
+    'Applies one signature-checked provider event: records it in webhook_events (a redelivery returns duplicate and changes nothing), then applies it or parks it. Returns the outcome, the payment and why it is parked. Called by the service once per webhook.';
+
+CREATE OR REPLACE FUNCTION apply_parked_events(p_provider text, p_reference text)
+RETURNS int
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_event_id text;
+    v_applied  int := 0;
+BEGIN
+    -- In the provider's order where it says (occurred_at), else as received.
+    FOR v_event_id IN
+        SELECT w.event_id FROM webhook_events w
+         WHERE w.provider = p_provider AND w.reference = p_reference AND w.outcome = 'parked'
+           AND w.action IN ('refund_cumulative', 'refund', 'dispute')
+         ORDER BY w.occurred_at NULLS LAST, w.received_at, w.event_id
+           FOR UPDATE
+    LOOP
+        IF (apply_stored_event(p_provider, v_event_id)).outcome <> 'parked' THEN
+            v_applied := v_applied + 1;
+        END IF;
+    END LOOP;
+    RETURN v_applied;
+END
+$$;
+COMMENT ON FUNCTION apply_parked_events(text, text) IS
+    'Engine internals: applies the refunds and disputes parked for one provider reference (called when that payment is verified). Returns how many applied.';
+
+CREATE OR REPLACE FUNCTION reapply_parked_events(p_provider text DEFAULT NULL, p_event_id text DEFAULT NULL)
+RETURNS TABLE (provider text, event_id text, event_type text, outcome text, parked_reason text, payment_id bigint)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    k record;
+    e webhook_events;
+BEGIN
+    FOR k IN
+        SELECT w.provider, w.event_id FROM webhook_events w
+         WHERE w.outcome = 'parked'
+           AND (p_provider IS NULL OR w.provider = p_provider)
+           AND (p_event_id IS NULL OR w.event_id = p_event_id)
+         -- Payments first, so that their refunds and disputes find them.
+         ORDER BY (w.action = 'verify') DESC, w.occurred_at NULLS LAST, w.received_at, w.event_id
+    LOOP
+        -- Applying one event may already have applied others (a payment takes
+        -- its parked refunds with it): take each only while it is still parked.
+        PERFORM 1 FROM webhook_events w
+          WHERE w.provider = k.provider AND w.event_id = k.event_id AND w.outcome = 'parked'
+            FOR UPDATE;
+        IF FOUND THEN
+            e := apply_stored_event(k.provider, k.event_id);
+        ELSE
+            SELECT * INTO e FROM webhook_events w WHERE w.provider = k.provider AND w.event_id = k.event_id;
+        END IF;
+        RETURN QUERY SELECT e.provider, e.event_id, e.event_type, e.outcome, e.parked_reason, e.payment_id;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION reapply_parked_events(text, text) IS
+    'Operators: tries every parked provider event again (or one provider''s, or one event), e.g. after creating the partner or adding the currency it waited for. Returns each event with its outcome now; those that still cannot apply stay parked. SELECT * FROM reapply_parked_events();';

@@ -145,7 +145,7 @@ pub async fn simulate_payment(config: SimulatePaymentConfig) -> anyhow::Result<(
         .await
         .with_context(|| format!("cannot verify payment #{payment_id}"))?;
     let commission = sqlx::query!(
-        r#"SELECT c.id, money_text(c.amount, c.currency) AS "amount!", c.currency, c.rate, p.last_seq
+        r#"SELECT c.id, money_text(c.amount, c.currency) AS "amount!", c.currency, c.rate, partner_last_seq(p.id) AS "last_seq!"
              FROM commissions c JOIN partners p ON p.id = c.partner_id
             WHERE c.payment_id = $1 AND c.kind = 'earned'"#,
         payment_id

@@ -70,9 +70,12 @@ impl EventLog {
 
     /// The latest seq of a partner (0 before its first event); `None` if no such partner.
     pub async fn partner_last_seq(&self, partner_id: i64) -> Result<Option<i64>, sqlx::Error> {
-        sqlx::query_scalar!("SELECT last_seq FROM partners WHERE id = $1", partner_id)
-            .fetch_optional(&self.db)
-            .await
+        sqlx::query_scalar!(
+            r#"SELECT partner_last_seq(id) AS "last_seq!" FROM partners WHERE id = $1"#,
+            partner_id
+        )
+        .fetch_optional(&self.db)
+        .await
     }
 
     /// The latest global position (0 before the first event).

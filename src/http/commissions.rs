@@ -12,7 +12,7 @@ pub struct Commission {
     pub id: i64,
     pub payment_id: i64,
     pub partner_id: i64,
-    /// `earned` or `reversed`.
+    /// `earned`, `reversed`, `reinstated`, `held` or `released`.
     pub kind: String,
     #[schema(example = "2.00")]
     pub amount: String,
@@ -44,10 +44,10 @@ pub async fn list(
         Commission,
         r#"SELECT c.id, c.payment_id, c.partner_id,
                   c.kind::text AS "kind!",
-                  money_text(c.amount, c.currency) AS "amount!",
+                  round(c.amount, c.minor_units)::text AS "amount!",
                   c.currency::text AS "currency!",
                   trim_scale(c.rate)::text AS "rate!",
-                  money_text(c.payment_amount, c.currency) AS "payment_amount!",
+                  round(c.payment_amount, c.minor_units)::text AS "payment_amount!",
                   c.created_at
              FROM commissions c
             WHERE ($1::bigint IS NULL OR c.partner_id = $1)
@@ -66,16 +66,18 @@ pub async fn list(
     .await
 }
 
-/// The entry of one kind for one payment, if the engine wrote one.
+/// The newest entry of one kind for one payment with an id above `after`,
+/// if the engine wrote one.
 pub async fn for_payment(
     db: impl sqlx::PgExecutor<'_>,
     payment_id: i64,
     kind: &str,
+    after: i64,
 ) -> Result<Option<Commission>, sqlx::Error> {
     let filter = Filter {
         payment_id: Some(payment_id),
         kind: Some(kind),
         ..Filter::default()
     };
-    Ok(list(db, filter, 1).await?.pop())
+    Ok(list(db, filter, 1).await?.pop().filter(|c| c.id > after))
 }

@@ -68,7 +68,7 @@ impl Error {
         let db = error.as_database_error()?;
         let message = db.message().to_owned();
         match db.code().as_deref() {
-            Some("CM001") | Some("CM003") => Some(Error::Conflict(message)),
+            Some("CM001") | Some("CM003") | Some("CM005") => Some(Error::Conflict(message)),
             Some("CM002") => Some(Error::Unprocessable(message)),
             Some("CM004") => Some(Error::NotFound(message)),
             // check_violation, not_null_violation, foreign_key_violation on input we passed through.

@@ -27,6 +27,8 @@ mod notifications;
 pub mod openapi;
 /// Keyset pages: limits, cursors, `next_cursor`.
 mod pagination;
+/// `/api/parked-events`: provider events waiting for their payment, partner or currency.
+mod parked;
 /// `/api/partners/...`: partners, their ledger and event log.
 mod partners;
 /// `/api/payments/...`: record, verify and refund by hand.
@@ -63,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/payments", post(payments::create))
         .route("/api/payments/{id}/verify", post(payments::verify))
         .route("/api/payments/{id}/refund", post(payments::refund))
+        .route("/api/parked-events/reapply", post(parked::reapply))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::layer,
@@ -73,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/partners/{id}", get(partners::show).patch(partners::update))
         .route("/api/partners/{id}/commissions", get(partners::commissions))
         .route("/api/partners/{id}/events", get(partners::events))
+        .route("/api/parked-events", get(parked::list))
         .route("/api/notifications", get(notifications::list))
         .route("/api/notifications/{id}/read", post(notifications::mark_read))
         .route("/webhooks/stripe", post(webhooks::stripe::receive))

@@ -7,7 +7,9 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{commissions, error, health, metrics, notifications, partners, payments, webhooks};
+use super::{
+    commissions, error, health, metrics, notifications, parked, partners, payments, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +18,7 @@ use super::{commissions, error, health, metrics, notifications, partners, paymen
         partners::create, partners::show, partners::update, partners::commissions, partners::events,
         payments::create, payments::verify, payments::refund,
         notifications::list, notifications::mark_read,
-        webhooks::stripe::receive, webhooks::paystack::receive,
+        webhooks::stripe::receive, webhooks::paystack::receive, parked::list, parked::reapply,
         health::healthz, health::readyz, metrics::render, document,
     ),
     components(schemas(error::Problem, commissions::Commission, partners::Totals)),

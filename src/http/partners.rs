@@ -24,9 +24,14 @@ use crate::{events::EventLog, startup::AppState};
 pub struct Totals {
     #[schema(example = "2.00")]
     pub earned: String,
+    /// Owed and not paid out: earned - reversed - paid (held included).
     pub pending: String,
     pub paid: String,
+    /// Net reversed by refunds and lost disputes (reinstatements subtracted).
     pub reversed: String,
+    /// Part of pending held by open disputes, not payable until they end.
+    #[serde(default)]
+    pub held: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -80,7 +85,7 @@ fn rate_violation(error: sqlx::Error) -> Error {
 
 async fn fetch_partner(db: &sqlx::PgPool, id: i64) -> Result<Partner> {
     let row = sqlx::query!(
-        r#"SELECT p.id, p.name, trim_scale(p.commission_rate)::text AS "commission_rate!", p.last_seq, p.created_at,
+        r#"SELECT p.id, p.name, trim_scale(p.commission_rate)::text AS "commission_rate!", partner_last_seq(p.id) AS "last_seq!", p.created_at,
                   partner_totals(p.id) AS "totals!"
              FROM partners p WHERE p.id = $1"#,
         id

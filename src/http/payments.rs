@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use super::{
     commissions::{self, Commission},
     error::{on_constraint, Error, Result},
-    extractor::{Caller, Json, Path},
+    extractor::{Caller, Json, Path, RawBody},
     metrics,
     money::{self, Amount},
 };
@@ -35,13 +35,17 @@ pub struct Payment {
     pub created_at: DateTime<Utc>,
     pub verified_at: Option<DateTime<Utc>>,
     pub refunded_at: Option<DateTime<Utc>>,
+    /// Refunded so far (refunds add up to at most the amount).
+    #[schema(example = "0.00")]
+    pub refunded_amount: String,
 }
 
 pub async fn fetch(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<Payment> {
     sqlx::query_as!(
         Payment,
-        r#"SELECT id, money_text(amount, currency) AS "amount!", currency::text AS "currency!", status::text AS "status!",
-                  partner_id, provider, provider_reference AS reference, created_at, verified_at, refunded_at
+        r#"SELECT id, round(amount, minor_units)::text AS "amount!", currency::text AS "currency!", status::text AS "status!",
+                  partner_id, provider, provider_reference AS reference, created_at, verified_at, refunded_at,
+                  round(refunded_amount, minor_units)::text AS "refunded_amount!"
              FROM payments WHERE id = $1"#,
         id
     )
@@ -123,7 +127,8 @@ pub struct Verified {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Refunded {
     pub payment: Payment,
-    /// The reversal of the earned commission; null when none was earned.
+    /// The reversal this refund appended; null when nothing was earned (or
+    /// the refund was too small to move the rounded commission).
     pub reversal: Option<Commission>,
 }
 
@@ -147,57 +152,103 @@ pub async fn verify(
     }))
 }
 
-/// Refund a verified payment: the engine reverses its commission.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    /// How much to refund, a decimal string with at most the currency's minor
+    /// units. Omitted (or no body at all): everything not refunded yet.
+    #[schema(value_type = Option<String>, example = "25.00")]
+    pub amount: Option<Amount>,
+}
+
+/// Refund a verified payment, in full or in part: the engine reverses the
+/// commission in proportion (refunds add up; the last one reverses the exact remainder).
 #[utoipa::path(post, path = "/api/payments/{id}/refund", tag = "payments", params(("id" = i64, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "Replays the stored response")),
+    request_body(content = Option<RefundRequest>, description = "Optional: {\"amount\": \"25.00\"}; no body refunds the rest"),
     responses((status = 200, body = Refunded), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
-              (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem, description = "Not verified")),
+              (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem, description = "Not verified, or more than is left to refund"),
+              (status = 422, body = super::error::Problem, description = "Not a positive amount, or too many decimals")),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.claims().sub, payment_id = id))]
 pub async fn refund(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<i64>,
+    RawBody(body): RawBody,
 ) -> Result<Json<Refunded>> {
     caller.require_admin()?;
-    let (payment, reversal) = change_status(&state, id, Transition::Refund).await?;
+    let request: RefundRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RefundRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => Error::Unprocessable(e.to_string()),
+            _ => Error::BadRequest(format!("the body is not valid JSON: {e}")),
+        })?
+    };
+    let amount = match request.amount {
+        None => None,
+        Some(amount) => {
+            let currency = sqlx::query_scalar!(
+                r#"SELECT currency::text AS "currency!" FROM payments WHERE id = $1"#,
+                id
+            )
+            .fetch_optional(&state.db)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("payment {id} does not exist")))?;
+            let minor_units = money::minor_units(&state.db, &currency).await?;
+            Some(amount.for_currency(&currency, minor_units)?)
+        }
+    };
+    let (payment, reversal) = change_status(&state, id, Transition::Refund(amount)).await?;
     Ok(Json(Refunded { payment, reversal }))
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Transition {
     Verify,
-    Refund,
+    /// `None`: the rest of the amount.
+    Refund(Option<rust_decimal::Decimal>),
 }
 
-/// Moves the payment through the engine's SQL function, committed on its
-/// own, then reads back the ledger entry the engine wrote for it (if any).
-/// The engine's call is its whole transaction on purpose: from its advisory
-/// lock to COMMIT every verification in the system takes turns, so reads
-/// done inside it would hold up everyone else. The entry is immutable once
-/// committed, so reading it afterwards returns exactly what was written.
+/// Moves the payment through the engine's SQL function and reads back, in
+/// the same transaction, the ledger entry that call appended (if any). The
+/// transaction holds only the payment's row until it commits: the locks
+/// that order the event log are taken by the engine at COMMIT
+/// (sql/03_commission_engine.sql), so reading here holds up no one else.
 async fn change_status(
     state: &AppState,
     id: i64,
     transition: Transition,
 ) -> Result<(Payment, Option<Commission>)> {
+    let mut tx = state.db.begin().await?;
+    let before = sqlx::query_scalar!(
+        r#"SELECT coalesce(max(id), 0) AS "id!" FROM commissions WHERE payment_id = $1"#,
+        id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     let kind = match transition {
         Transition::Verify => {
             sqlx::query_scalar!(r#"SELECT id AS "id!" FROM verify_payment($1)"#, id)
-                .fetch_one(&state.db)
+                .fetch_one(&mut *tx)
                 .await?;
             "earned"
         }
-        Transition::Refund => {
-            sqlx::query_scalar!(r#"SELECT id AS "id!" FROM refund_payment($1)"#, id)
-                .fetch_one(&state.db)
-                .await?;
+        Transition::Refund(amount) => {
+            sqlx::query_scalar!(
+                r#"SELECT id AS "id!" FROM refund_payment($1, $2)"#,
+                id,
+                amount
+            )
+            .fetch_one(&mut *tx)
+            .await?;
             "reversed"
         }
     };
-    let mut conn = state.db.acquire().await?;
-    let entry = commissions::for_payment(&mut *conn, id, kind).await?;
-    let payment = fetch(&mut *conn, id).await?;
+    let entry = commissions::for_payment(&mut *tx, id, kind, before).await?;
+    let payment = fetch(&mut *tx, id).await?;
+    tx.commit().await?;
     if entry.is_some() {
         metrics::commission_written(kind);
     }

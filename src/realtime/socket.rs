@@ -360,7 +360,7 @@ impl Stream {
         let (ready, head, replay) = match self.room {
             RoomKey::Partner(partner_id) => {
                 let head = sqlx::query!(
-                    r#"SELECT p.last_seq, partner_totals(p.id)::text AS "totals!"
+                    r#"SELECT partner_last_seq(p.id) AS "last_seq!", partner_totals(p.id)::text AS "totals!"
                          FROM partners p
                         WHERE p.id = $1"#,
                     partner_id

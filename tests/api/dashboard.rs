@@ -124,7 +124,7 @@ async fn simulate_payment_verifies_through_the_engine_and_earns_one_commission()
         .await
         .unwrap();
     let (status, amount, seq): (String, String, i64) = sqlx::query_as(
-        "SELECT p.status::text, money_text(c.amount, c.currency), pa.last_seq
+        "SELECT p.status::text, money_text(c.amount, c.currency), partner_last_seq(pa.id)
            FROM payments p JOIN commissions c ON c.payment_id = p.id JOIN partners pa ON pa.id = p.partner_id
           WHERE p.partner_id = $1",
     )

@@ -211,7 +211,7 @@ async fn commissions_round_to_the_currency_half_away_from_zero() {
         let case = format!("{rate} of {amount} {currency}");
         assert_eq!(earned, expected.map(dec), "{case}");
         assert_eq!(wire.as_deref(), expected, "{case}");
-        let last_seq: i64 = sqlx::query_scalar("SELECT last_seq FROM partners WHERE id = $1")
+        let last_seq: i64 = sqlx::query_scalar("SELECT partner_last_seq($1)")
             .bind(partner)
             .fetch_one(&db.pool)
             .await
@@ -522,9 +522,10 @@ async fn the_ledger_and_totals_cannot_be_edited_by_hand() {
         "DELETE FROM commission_events WHERE partner_id = $1",
         "UPDATE partner_balances SET earned = 1000 WHERE partner_id = $1",
         "DELETE FROM partner_balances WHERE partner_id = $1",
-        "UPDATE partners SET last_seq = 0 WHERE id = $1",
-        "INSERT INTO commissions (payment_id, partner_id, kind, amount, currency, rate, payment_amount) \
-         SELECT id, partner_id, 'earned', 1, currency, 0.02, amount FROM payments WHERE partner_id = $1",
+        "UPDATE partner_streams SET last_seq = 0 WHERE partner_id = $1",
+        "UPDATE event_log_head SET position = 0 WHERE $1::bigint > 0",
+        "INSERT INTO commissions (payment_id, partner_id, kind, amount, currency, rate, payment_amount, reason, minor_units) \
+         SELECT id, partner_id, 'earned', 1, currency, 0.02, amount, 'verified', minor_units FROM payments WHERE partner_id = $1",
     ] {
         let (code, message) = sql_error(&db, sql, partner).await;
         assert!(["CM003", "23505"].contains(&code.as_str()), "{sql}: {code} {message}");

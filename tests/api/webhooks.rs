@@ -206,7 +206,7 @@ async fn the_same_event_delivered_twenty_times_at_once_counts_once() {
     assert_eq!(app.count("SELECT count(*) FROM payments").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM commissions").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM webhook_events").await, 1);
-    assert_eq!(app.count("SELECT last_seq FROM partners").await, 1);
+    assert_eq!(app.count("SELECT last_seq FROM partner_streams").await, 1);
 
     // And Paystack, the same.
     let body = paystack_charge("ref-same", 100_000, json!({"partner_id": partner}));
@@ -231,14 +231,17 @@ async fn unknown_partners_and_unsupported_events_are_acknowledged_and_recorded()
         200,
     )
     .await;
-    assert_eq!(receipt["outcome"], "unknown_partner");
+    assert_eq!(
+        (&receipt["outcome"], &receipt["parked_reason"]),
+        (&json!("parked"), &json!("unknown_partner"))
+    );
     let receipt = json(
         app.stripe(&stripe_succeeded("evt_2", "pi_2", 5000, "not-a-number"))
             .await,
         200,
     )
     .await;
-    assert_eq!(receipt["outcome"], "unknown_partner");
+    assert_eq!(receipt["outcome"], "invalid_partner");
     let other =
         json!({"id": "evt_3", "type": "customer.created", "data": {"object": {}}}).to_string();
     assert_eq!(
@@ -247,25 +250,27 @@ async fn unknown_partners_and_unsupported_events_are_acknowledged_and_recorded()
     );
     let refund_of_unknown = stripe_refunded("evt_4", "pi_nope");
     assert_eq!(
-        json(app.stripe(&refund_of_unknown).await, 200).await["outcome"],
+        json(app.stripe(&refund_of_unknown).await, 200).await["parked_reason"],
         "unknown_payment"
     );
 
-    let recorded: Vec<(String, String)> =
-        sqlx::query_as("SELECT event_id, outcome FROM webhook_events ORDER BY event_id")
-            .fetch_all(&app.db.pool)
-            .await
-            .unwrap();
+    let recorded: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT event_id, outcome, parked_reason FROM webhook_events ORDER BY event_id",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
     let expected = [
-        ("evt_1", "unknown_partner"),
-        ("evt_2", "unknown_partner"),
-        ("evt_3", "ignored"),
-        ("evt_4", "unknown_payment"),
+        ("evt_1", "parked", Some("unknown_partner")),
+        ("evt_2", "invalid_partner", None),
+        ("evt_3", "ignored", None),
+        ("evt_4", "parked", Some("unknown_payment")),
     ];
     assert_eq!(
         recorded,
-        expected.map(|(a, b)| (a.to_owned(), b.to_owned()))
+        expected.map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.map(str::to_owned)))
     );
+    assert_eq!(app.count("SELECT count(*) FROM parked_events").await, 2);
     assert_eq!(app.count("SELECT count(*) FROM payments").await, 0);
 
     // A signed body that is not JSON is a 400, recorded nowhere.
@@ -319,7 +324,7 @@ async fn paystack_charge_success_verifies_and_refund_processed_reverses() {
     assert_eq!(again["outcome"], "duplicate");
     assert_eq!(app.count("SELECT count(*) FROM commissions").await, 1);
 
-    let refund = json!({"event": "refund.processed", "data": {"status": "processed", "transaction_reference": "T123", "amount": 250000, "currency": "NGN"}}).to_string();
+    let refund = paystack_refund("T123", "132013318360", json!("250000"));
     assert_eq!(
         json(app.paystack(&refund).await, 200).await["outcome"],
         "refunded"
@@ -336,8 +341,21 @@ async fn paystack_charge_success_verifies_and_refund_processed_reverses() {
     );
 }
 
+/// `refund.processed` as Paystack's docs show it: no event id, the refund's
+/// `refund_reference`, and `amount` in kobo as a string.
+fn paystack_refund(transaction: &str, refund_reference: &str, amount: Value) -> String {
+    json!({
+        "event": "refund.processed",
+        "data": {"status": "processed", "transaction_reference": transaction, "refund_reference": refund_reference,
+                 "amount": amount, "currency": "NGN", "processor": "mpgs_zen",
+                 "customer": {"first_name": "Damilola", "last_name": "Kwabena", "email": "damilola@email.com"},
+                 "integration": 412829, "domain": "live"}
+    })
+    .to_string()
+}
+
 #[tokio::test]
-async fn a_partial_paystack_refund_reverses_nothing_and_is_recorded() {
+async fn two_partial_paystack_refunds_of_one_transaction_each_reverse_their_share() {
     let app = spawn_app().await;
     let partner = create_partner(&app.db.pool, "Acme", None).await;
     json(
@@ -350,19 +368,47 @@ async fn a_partial_paystack_refund_reverses_nothing_and_is_recorded() {
         200,
     )
     .await;
-    let partial = json!({"event": "refund.processed", "data": {"transaction_reference": "T9", "amount": 40000, "currency": "NGN"}}).to_string();
-    let receipt = json(app.paystack(&partial).await, 200).await;
-    assert_eq!(receipt["outcome"], "partial_refund_ignored");
+    // 1,000.00 NGN earns 20.00. Two refunds of the same amount are two
+    // refunds (told apart by their own reference), each counted once.
+    let first = paystack_refund("T9", "RF-1", json!("40000"));
     assert_eq!(
-        app.count("SELECT count(*) FROM payments WHERE status = 'verified'")
+        json(app.paystack(&first).await, 200).await["outcome"],
+        "refunded"
+    );
+    let second = paystack_refund("T9", "RF-2", json!(40000));
+    assert_eq!(
+        json(app.paystack(&second).await, 200).await["outcome"],
+        "refunded"
+    );
+    assert_eq!(
+        json(app.paystack(&first).await, 200).await["outcome"],
+        "duplicate"
+    );
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM payments WHERE status = 'verified' AND refunded_amount = 800"
+        )
+        .await,
+        1
+    );
+    let last = paystack_refund("T9", "RF-3", json!("20000"));
+    assert_eq!(
+        json(app.paystack(&last).await, 200).await["outcome"],
+        "refunded"
+    );
+    let reversed: Vec<String> = sqlx::query_scalar(
+        "SELECT money_text(amount, currency) FROM commissions WHERE kind = 'reversed' ORDER BY id",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(reversed, ["8.00", "8.00", "4.00"]);
+    assert_eq!(
+        app.count("SELECT count(*) FROM payments WHERE status = 'refunded'")
             .await,
         1
     );
-    assert_eq!(
-        app.count("SELECT count(*) FROM commissions WHERE kind = 'reversed'")
-            .await,
-        0
-    );
+    assert_eq!(app.count("SELECT count(*) FROM commission_audit").await, 0);
 }
 
 #[tokio::test]
@@ -513,11 +559,11 @@ async fn every_webhook_outcome_is_recorded_and_only_verified_and_refunded_move_m
     // Nothing to act on: recorded, no payment.
     assert_eq!(
         succeeded("evt_3", "pi_x", 500, "xyz").await,
-        ("unsupported_currency".to_owned(), None)
+        ("parked".to_owned(), None)
     );
     assert_eq!(
         succeeded("evt_4", "pi_y", 500, "no").await,
-        ("unsupported_currency".to_owned(), None)
+        ("parked".to_owned(), None)
     );
     assert_eq!(
         succeeded("evt_5", "pi_z", 0, "ngn").await,
@@ -535,11 +581,11 @@ async fn every_webhook_outcome_is_recorded_and_only_verified_and_refunded_move_m
     );
     assert_eq!(
         outcome(stripe_refunded("evt_8", "pi_jpy")).await,
-        ("already_refunded".to_owned(), jpy)
+        ("unchanged".to_owned(), jpy)
     );
     assert_eq!(
         succeeded("evt_9", "pi_jpy", 2500, "jpy").await,
-        ("illegal_transition".to_owned(), jpy)
+        ("already_verified".to_owned(), jpy)
     );
 
     let recorded: Vec<String> =
@@ -552,13 +598,13 @@ async fn every_webhook_outcome_is_recorded_and_only_verified_and_refunded_move_m
         [
             "verified",
             "verified",
-            "unsupported_currency",
-            "unsupported_currency",
+            "parked",
+            "parked",
             "invalid_amount",
             "already_verified",
             "refunded",
-            "already_refunded",
-            "illegal_transition"
+            "unchanged",
+            "already_verified"
         ]
     );
     assert_eq!(app.count("SELECT count(*) FROM payments").await, 2);

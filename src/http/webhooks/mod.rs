@@ -1,17 +1,19 @@
-//! Provider webhooks. Each provider module checks its signature over the raw
-//! body and translates its event into an [`Action`]; this module applies it.
+//! Provider webhooks: one receive path for every provider. A provider is a
+//! [`Provider`]: it checks its signature over the raw body and reads its JSON
+//! into a typed [`ProviderEvent`]; this module hands that to the engine in
+//! one SQL call and answers with the engine's [`Outcome`]. Adding a provider
+//! is one file implementing the trait, plus its route.
 //!
 //! Invariants:
 //! * The provider's event id is inserted into `webhook_events` in the same
-//!   transaction as the payment change. The primary key makes a redelivery
-//!   (even twenty at once: the later inserts wait for the first to commit,
-//!   then find the row) a 200 that changes nothing.
-//! * Whatever we cannot act on (unsupported type, unknown partner, currency
-//!   or payment, an illegal status change) is acknowledged with 200 and
-//!   recorded with its outcome: a retry would not make it any better, and an
-//!   operator finds it in `webhook_events`. An event naming a partner we do
-//!   not know creates no payment: verified for nobody, its commission could
-//!   never be earned; recorded with its payload, an operator can act on it.
+//!   transaction as its effect. The primary key makes a redelivery (even
+//!   twenty at once: the later inserts wait for the first to commit, then
+//!   find the row) a 200 that changes nothing.
+//! * Nothing a provider sent is dropped. An event that cannot apply yet (its
+//!   payment, partner or currency is not known) is parked with its reason in
+//!   the transaction that answers 200, and applied when what it waits for
+//!   arrives (sql/07_webhooks.sql). Whatever can never apply (an unsupported
+//!   type, a partner id that is not a number) is recorded with its outcome.
 //!   Only failures that a retry may cure (the database is down) answer 5xx,
 //!   and then nothing is recorded.
 
@@ -20,38 +22,107 @@ pub mod paystack;
 /// Stripe: `Stripe-Signature`, `t=…,v1=…` HMAC-SHA256 over `t.body`.
 pub mod stripe;
 
-use axum::http::HeaderMap;
+use axum::{extract::State, http::HeaderMap};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{
     error::{Error, Result},
+    extractor::{Json, RawBody},
     metrics,
 };
-use crate::{config::Secret, startup::AppState};
+use crate::{
+    config::{Secret, ServeConfig},
+    startup::AppState,
+};
 
-/// What a provider event asks of us, in our terms.
+/// One payment provider's side of the webhook contract.
+pub trait Provider {
+    /// The provider's name in `payments.provider` and `webhook_events`.
+    const NAME: &'static str;
+    /// The header carrying the signature.
+    const SIGNATURE_HEADER: &'static str;
+
+    /// The configured signing secret, if any.
+    fn secret(config: &ServeConfig) -> Option<&Secret>;
+
+    /// Checks the signature header over the raw body at time `now` (unix seconds).
+    fn check_signature(header: &str, body: &[u8], secret: &[u8], now: i64) -> Result<()>;
+
+    /// Reads an authenticated event. Fails only when the event cannot even be
+    /// identified (no id to deduplicate it by).
+    fn parse(event: &Value, body: &[u8]) -> Result<ProviderEvent>;
+}
+
+/// An authenticated provider event, in the engine's terms.
+#[derive(Debug)]
+pub struct ProviderEvent {
+    /// Unique per provider and per thing that happened: a redelivery has the same id.
+    pub id: String,
+    /// The provider's type, e.g. `charge.refunded`.
+    pub event_type: String,
+    /// When the provider says it happened (parked events apply in this order).
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub action: Action,
+}
+
+/// What an event asks of us. Amounts are the provider's integers in minor units.
 #[derive(Debug)]
 pub enum Action {
-    /// A successful charge: verify the payment with this provider reference,
-    /// recording it first if we have not seen it.
-    Verify {
+    /// A successful charge: record the payment with this reference if new, verify it.
+    Succeeded {
         reference: String,
         amount_minor: i64,
         currency: String,
         partner_id: Option<PartnerRef>,
     },
-    /// A refund of the payment with this provider reference: in full, or of
-    /// `amount_minor` when the provider says how much (less is partial).
-    Refund {
+    /// A refund of the payment with this reference.
+    Refunded { reference: String, refund: Refund },
+    /// A dispute (chargeback) of the payment with this reference.
+    Dispute {
         reference: String,
+        dispute_id: String,
         amount_minor: Option<i64>,
+        stage: DisputeStage,
     },
-    /// A refund for part of the amount: the ledger reverses only whole payments.
-    PartialRefund,
     /// An event type we do not act on.
-    Unsupported,
+    Other,
+}
+
+#[derive(Debug)]
+pub enum Refund {
+    /// The total refunded so far (Stripe's `amount_refunded`): order-proof and
+    /// idempotent, a late smaller figure changes nothing.
+    Cumulative { amount_minor: i64 },
+    /// One refund (Paystack), counted once by its event id; `None`: the rest.
+    Single { amount_minor: Option<i64> },
+}
+
+/// Where a dispute stands. Stages only move forward (open, funds withdrawn,
+/// then won or lost); the engine ignores a late, older one.
+#[derive(Debug, Clone, Copy)]
+pub enum DisputeStage {
+    /// The commission is held while the dispute is open.
+    Open,
+    /// The funds left the merchant: the commission is reversed (it may still be won).
+    FundsWithdrawn,
+    /// Won or reinstated: nothing is reversed, what was is reinstated.
+    Won,
+    /// Lost: the commission is reversed in proportion to the disputed amount.
+    Lost,
+}
+
+impl DisputeStage {
+    fn as_sql(self) -> &'static str {
+        match self {
+            DisputeStage::Open => "open",
+            DisputeStage::FundsWithdrawn => "funds_withdrawn",
+            DisputeStage::Won => "won",
+            DisputeStage::Lost => "lost",
+        }
+    }
 }
 
 /// The partner named in the payment's metadata, as sent (providers send
@@ -83,146 +154,257 @@ impl PartnerRef {
     }
 }
 
+/// What the engine did with an event: every outcome `apply_webhook_event`
+/// (sql/07_webhooks.sql) records, mapped here once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Verified,
+    AlreadyVerified,
+    Refunded,
+    DisputeUpdated,
+    /// A refund total or dispute stage we already had (or an older one).
+    Unchanged,
+    /// Stored, to apply when its payment, partner or currency exists (`parked_reason`).
+    Parked,
+    InvalidAmount,
+    InvalidPartner,
+    IllegalTransition,
+    Ignored,
+    Duplicate,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 11] = [
+        Outcome::Verified,
+        Outcome::AlreadyVerified,
+        Outcome::Refunded,
+        Outcome::DisputeUpdated,
+        Outcome::Unchanged,
+        Outcome::Parked,
+        Outcome::InvalidAmount,
+        Outcome::InvalidPartner,
+        Outcome::IllegalTransition,
+        Outcome::Ignored,
+        Outcome::Duplicate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Verified => "verified",
+            Outcome::AlreadyVerified => "already_verified",
+            Outcome::Refunded => "refunded",
+            Outcome::DisputeUpdated => "dispute_updated",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Parked => "parked",
+            Outcome::InvalidAmount => "invalid_amount",
+            Outcome::InvalidPartner => "invalid_partner",
+            Outcome::IllegalTransition => "illegal_transition",
+            Outcome::Ignored => "ignored",
+            Outcome::Duplicate => "duplicate",
+        }
+    }
+
+    fn from_sql(outcome: &str) -> Result<Outcome> {
+        Outcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == outcome)
+            .ok_or_else(|| {
+                Error::Internal(anyhow::anyhow!(
+                    "the engine returned an unknown webhook outcome {outcome:?}"
+                ))
+            })
+    }
+}
+
 /// The acknowledgement a provider gets (it only reads the status).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Receipt {
     pub event_id: String,
-    /// `verified`, `refunded`, `duplicate`, `ignored`, `unknown_partner`, ...
-    pub outcome: String,
+    pub outcome: Outcome,
+    /// Why the event is parked: `unknown_payment`, `payment_not_verified`,
+    /// `unknown_partner` or `unsupported_currency`.
+    pub parked_reason: Option<String>,
     pub payment_id: Option<i64>,
 }
 
-/// One received, authenticated event.
-pub struct Delivery<'a> {
-    pub provider: &'static str,
-    pub event_id: String,
-    pub event_type: String,
-    pub payload: &'a Value,
-    pub action: Action,
-}
-
-/// The configured secret, or 503: an unconfigured webhook must not accept
-/// unsigned events, and 503 tells the provider to retry later.
-pub fn secret<'a>(secret: &'a Option<Secret>, provider: &str) -> Result<&'a Secret> {
-    secret.as_ref().ok_or_else(|| {
+/// `POST /webhooks/{provider}`: check the signature, read the event, apply it.
+pub async fn receive<P: Provider>(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Json<Receipt>> {
+    let secret = P::secret(&state.config).ok_or_else(|| {
         Error::Unavailable(format!(
-            "the {provider} webhook is not configured on this server"
+            "the {} webhook is not configured on this server",
+            P::NAME
         ))
-    })
-}
-
-/// A signature header's value, or the 400 a provider (and its dashboard) shows.
-pub fn signature_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str> {
-    headers
-        .get(name)
+    })?;
+    let header = headers
+        .get(P::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| Error::InvalidSignature(format!("the {name} header is missing")))
+        .ok_or_else(|| {
+            Error::InvalidSignature(format!("the {} header is missing", P::SIGNATURE_HEADER))
+        })?;
+    P::check_signature(
+        header,
+        &body,
+        secret.expose().as_bytes(),
+        Utc::now().timestamp(),
+    )?;
+    let payload: Value = serde_json::from_slice(&body)
+        .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    let event = P::parse(&payload, &body)?;
+    Ok(Json(apply(&state, P::NAME, event, &payload).await?))
 }
 
-/// The body as JSON, once its signature has been checked.
-pub fn parse_body(body: &[u8]) -> Result<Value> {
-    serde_json::from_slice(body)
-        .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))
+/// The arguments of `apply_webhook_event` an action fills in.
+#[derive(Default)]
+struct Step {
+    action: &'static str,
+    reference: Option<String>,
+    amount_minor: Option<i64>,
+    currency: Option<String>,
+    partner_id: Option<i64>,
+    object_id: Option<String>,
+    object_state: Option<&'static str>,
 }
 
-/// Every outcome `apply_webhook_event` (sql/07_webhooks.sql) returns, as the
-/// static labels metrics need.
-const OUTCOMES: &[&str] = &[
-    "verified",
-    "refunded",
-    "duplicate",
-    "ignored",
-    "partial_refund_ignored",
-    "unknown_partner",
-    "unsupported_currency",
-    "invalid_amount",
-    "already_verified",
-    "already_refunded",
-    "illegal_transition",
-    "unknown_payment",
-];
+impl From<Action> for Step {
+    fn from(action: Action) -> Step {
+        match action {
+            Action::Succeeded {
+                partner_id: Some(PartnerRef::Invalid(_)),
+                ..
+            } => Step {
+                action: "invalid_partner",
+                ..Step::default()
+            },
+            Action::Succeeded {
+                reference,
+                amount_minor,
+                currency,
+                partner_id,
+            } => Step {
+                action: "verify",
+                reference: Some(reference),
+                amount_minor: Some(amount_minor),
+                currency: Some(currency),
+                partner_id: match partner_id {
+                    Some(PartnerRef::Id(id)) => Some(id),
+                    _ => None,
+                },
+                ..Step::default()
+            },
+            Action::Refunded {
+                reference,
+                refund: Refund::Cumulative { amount_minor },
+            } => Step {
+                action: "refund_cumulative",
+                reference: Some(reference),
+                amount_minor: Some(amount_minor),
+                ..Step::default()
+            },
+            Action::Refunded {
+                reference,
+                refund: Refund::Single { amount_minor },
+            } => Step {
+                action: "refund",
+                reference: Some(reference),
+                amount_minor,
+                ..Step::default()
+            },
+            Action::Dispute {
+                reference,
+                dispute_id,
+                amount_minor,
+                stage,
+            } => Step {
+                action: "dispute",
+                reference: Some(reference),
+                amount_minor,
+                object_id: Some(dispute_id),
+                object_state: Some(stage.as_sql()),
+                ..Step::default()
+            },
+            Action::Other => Step {
+                action: "ignored",
+                ..Step::default()
+            },
+        }
+    }
+}
 
 /// Applies the event in one call to `apply_webhook_event`: its row in
 /// `webhook_events`, the payment change and the engine, in one transaction
 /// and one round trip (why: sql/07_webhooks.sql).
-pub async fn apply(state: &AppState, delivery: Delivery<'_>) -> Result<Receipt> {
-    let Delivery {
-        provider,
-        event_id,
+async fn apply(
+    state: &AppState,
+    provider: &'static str,
+    event: ProviderEvent,
+    payload: &Value,
+) -> Result<Receipt> {
+    let ProviderEvent {
+        id: event_id,
         event_type,
-        payload,
+        occurred_at,
         action,
-    } = delivery;
-    let (step, reference, amount_minor, currency, partner_id) = match action {
-        Action::Verify {
-            partner_id: Some(PartnerRef::Invalid(_)),
-            ..
-        } => ("unknown_partner", None, None, None, None),
-        Action::Verify {
-            reference,
-            amount_minor,
-            currency,
-            partner_id,
-        } => {
-            let partner_id = match partner_id {
-                Some(PartnerRef::Id(id)) => Some(id),
-                _ => None,
-            };
-            (
-                "verify",
-                Some(reference),
-                Some(amount_minor),
-                Some(currency),
-                partner_id,
-            )
-        }
-        Action::Refund {
-            reference,
-            amount_minor,
-        } => ("refund", Some(reference), amount_minor, None, None),
-        Action::PartialRefund => ("partial_refund_ignored", None, None, None, None),
-        Action::Unsupported => ("ignored", None, None, None, None),
-    };
+    } = event;
+    let step = Step::from(action);
     let applied = sqlx::query!(
-        r#"SELECT outcome AS "outcome!", payment_id
-             FROM apply_webhook_event($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
+        r#"SELECT outcome AS "outcome!", payment_id, parked_reason
+             FROM apply_webhook_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"#,
         provider,
         event_id,
         event_type,
         payload,
-        step,
-        reference,
-        amount_minor,
-        currency,
-        partner_id
+        step.action,
+        step.reference,
+        step.amount_minor,
+        step.currency,
+        step.partner_id,
+        step.object_id,
+        step.object_state,
+        occurred_at
     )
     .fetch_one(&state.db)
     .await?;
-    let outcome = OUTCOMES
-        .iter()
-        .copied()
-        .find(|o| *o == applied.outcome)
-        .unwrap_or("other");
+    let outcome = Outcome::from_sql(&applied.outcome)?;
     let payment_id = applied.payment_id;
-    if outcome != "duplicate" {
+    if outcome != Outcome::Duplicate {
         tracing::info!(
             provider,
             event_id,
             event_type,
-            outcome,
+            outcome = outcome.as_str(),
+            parked_reason = applied.parked_reason,
             payment_id,
             "webhook event applied"
         );
     }
-    metrics::webhook_outcome(provider, outcome);
-    match outcome {
-        "verified" => metrics::commission_written("earned"),
-        "refunded" => metrics::commission_written("reversed"),
-        _ => {}
+    metrics::webhook_outcome(provider, outcome.as_str());
+    if outcome == Outcome::Verified {
+        metrics::commission_written("earned");
     }
     Ok(Receipt {
         event_id,
-        outcome: applied.outcome,
+        outcome,
+        parked_reason: applied.parked_reason,
         payment_id,
     })
+}
+
+/// A provider amount in minor units, sent as a JSON number or a string of
+/// digits (Paystack sends both).
+pub fn minor_units(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A non-empty string field.
+pub fn text(value: &Value) -> Option<&str> {
+    value.as_str().map(str::trim).filter(|s| !s.is_empty())
 }

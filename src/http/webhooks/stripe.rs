@@ -4,18 +4,26 @@
 //! `v1` is accepted (Stripe sends several while a secret is being rolled),
 //! compared in constant time, and `t` must be within five minutes of now.
 //!
-//! Events acted on: `payment_intent.succeeded` verifies (amount in minor
-//! units, lowercase currency, partner from `metadata.partner_id`, the
-//! payment intent id as reference); `charge.refunded` refunds the payment
-//! of `payment_intent` when the charge is refunded in full.
+//! Events acted on (shapes as in Stripe's API reference; the payment is
+//! always found by its payment intent id):
+//! * `payment_intent.succeeded` verifies (`amount_received` in minor units,
+//!   lowercase currency, partner from `metadata.partner_id`);
+//! * `charge.refunded` carries the charge's cumulative `amount_refunded`,
+//!   partial (`refunded: false`) or full: applying a total is order-proof;
+//! * `charge.dispute.created` / `.updated` (open), `.funds_withdrawn`,
+//!   `.funds_reinstated` (won) and `.closed` (by the dispute's `status`:
+//!   `lost`, or `won` / `warning_closed` / `prevented`), with the dispute's
+//!   `amount`.
 
 use axum::{extract::State, http::HeaderMap};
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{Action, Delivery, PartnerRef, Receipt};
+use super::{text, Action, DisputeStage, PartnerRef, Provider, ProviderEvent, Refund};
 use crate::{
+    config::{Secret, ServeConfig},
     http::{
         error::{Error, Result},
         extractor::{Json, RawBody},
@@ -26,77 +34,117 @@ use crate::{
 /// How far the signed timestamp may be from now, either way.
 pub const TOLERANCE_SECS: i64 = 300;
 
+pub struct Stripe;
+
+impl Provider for Stripe {
+    const NAME: &'static str = "stripe";
+    const SIGNATURE_HEADER: &'static str = "Stripe-Signature";
+
+    fn secret(config: &ServeConfig) -> Option<&Secret> {
+        config.stripe_webhook_secret.as_ref()
+    }
+
+    fn check_signature(header: &str, body: &[u8], secret: &[u8], now: i64) -> Result<()> {
+        check_signature(header, body, secret, now)
+    }
+
+    fn parse(event: &Value, _body: &[u8]) -> Result<ProviderEvent> {
+        let id =
+            text(&event["id"]).ok_or_else(|| Error::BadRequest("the event has no id".into()))?;
+        let event_type = event["type"].as_str().unwrap_or_default().to_owned();
+        Ok(ProviderEvent {
+            id: id.to_owned(),
+            action: action(&event_type, &event["data"]["object"]),
+            occurred_at: event["created"]
+                .as_i64()
+                .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0)),
+            event_type,
+        })
+    }
+}
+
 /// Receive a Stripe event.
 #[utoipa::path(post, path = "/webhooks/stripe", tag = "webhooks",
     params(("Stripe-Signature" = String, Header, description = "t=<unix time>,v1=<hex HMAC-SHA256>")),
     request_body(content = Object, description = "A Stripe event, exactly as Stripe sent it"),
-    responses((status = 200, body = super::Receipt, description = "Accepted (also for redeliveries and events we do not act on)"),
+    responses((status = 200, body = super::Receipt, description = "Accepted (also for redeliveries, parked events and events we do not act on)"),
               (status = 400, body = crate::http::error::Problem, description = "Missing, stale or wrong signature"),
               (status = 413, body = crate::http::error::Problem), (status = 503, body = crate::http::error::Problem, description = "Not configured")))]
 #[tracing::instrument(skip_all)]
 pub async fn receive(
-    State(state): State<AppState>,
+    state: State<AppState>,
     headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> Result<Json<Receipt>> {
-    let secret = super::secret(&state.config.stripe_webhook_secret, "stripe")?;
-    let header = super::signature_header(&headers, "Stripe-Signature")?;
-    check_signature(
-        header,
-        &body,
-        secret.expose().as_bytes(),
-        chrono::Utc::now().timestamp(),
-    )?;
-
-    let event = super::parse_body(&body)?;
-    let event_id = event["id"]
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| Error::BadRequest("the event has no id".into()))?;
-    let event_type = event["type"].as_str().unwrap_or_default().to_owned();
-    let action = action(&event_type, &event["data"]["object"]);
-    let delivery = Delivery {
-        provider: "stripe",
-        event_id: event_id.to_owned(),
-        event_type,
-        payload: &event,
-        action,
-    };
-    Ok(Json(super::apply(&state, delivery).await?))
+    body: RawBody,
+) -> Result<Json<super::Receipt>> {
+    super::receive::<Stripe>(state, headers, body).await
 }
 
 fn action(event_type: &str, object: &Value) -> Action {
+    let intent = text(&object["payment_intent"]).map(str::to_owned);
     match event_type {
         "payment_intent.succeeded" => {
             let (Some(reference), Some(amount_minor), Some(currency)) = (
-                object["id"].as_str(),
+                text(&object["id"]),
                 object["amount_received"]
                     .as_i64()
                     .or_else(|| object["amount"].as_i64()),
-                object["currency"].as_str(),
+                text(&object["currency"]),
             ) else {
-                return Action::Unsupported;
+                return Action::Other;
             };
-            Action::Verify {
+            Action::Succeeded {
                 reference: reference.to_owned(),
                 amount_minor,
                 currency: currency.to_owned(),
                 partner_id: PartnerRef::from_metadata(object["metadata"].get("partner_id")),
             }
         }
-        "charge.refunded" => match (
-            object["payment_intent"].as_str(),
-            object["refunded"].as_bool(),
-        ) {
-            // `refunded` is true only once the whole amount is refunded.
-            (Some(reference), Some(true)) => Action::Refund {
-                reference: reference.to_owned(),
-                amount_minor: None,
-            },
-            (Some(_), Some(false)) => Action::PartialRefund,
-            _ => Action::Unsupported,
-        },
-        _ => Action::Unsupported,
+        "charge.refunded" => {
+            let Some(reference) = intent else {
+                return Action::Other;
+            };
+            // `refunded` is true once the whole amount is refunded; the total
+            // is `amount_refunded` either way.
+            let amount_minor = match (
+                object["amount_refunded"].as_i64(),
+                object["refunded"].as_bool(),
+            ) {
+                (Some(total), _) => total,
+                (None, Some(true)) => match object["amount"].as_i64() {
+                    Some(amount) => amount,
+                    None => return Action::Other,
+                },
+                _ => return Action::Other,
+            };
+            Action::Refunded {
+                reference,
+                refund: Refund::Cumulative { amount_minor },
+            }
+        }
+        "charge.dispute.created"
+        | "charge.dispute.updated"
+        | "charge.dispute.funds_withdrawn"
+        | "charge.dispute.funds_reinstated"
+        | "charge.dispute.closed" => {
+            let (Some(reference), Some(dispute_id)) = (intent, text(&object["id"])) else {
+                return Action::Other;
+            };
+            let stage = match (object["status"].as_str(), event_type) {
+                (Some("lost"), _) => DisputeStage::Lost,
+                (Some("won" | "warning_closed" | "prevented"), _) => DisputeStage::Won,
+                (_, "charge.dispute.funds_reinstated") => DisputeStage::Won,
+                (_, "charge.dispute.funds_withdrawn") => DisputeStage::FundsWithdrawn,
+                (_, "charge.dispute.closed") => return Action::Other,
+                _ => DisputeStage::Open,
+            };
+            Action::Dispute {
+                reference,
+                dispute_id: dispute_id.to_owned(),
+                amount_minor: object["amount"].as_i64(),
+                stage,
+            }
+        }
+        _ => Action::Other,
     }
 }
 
