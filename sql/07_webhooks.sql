@@ -116,7 +116,7 @@ BEGIN
                     INSERT INTO disputes AS d (provider, dispute_id, payment_id, amount, state)
                     VALUES (e.provider, e.object_id, v_payment.id, coalesce(nullif(v_amount, 0), v_payment.amount), e.object_state)
                     ON CONFLICT (provider, dispute_id) DO UPDATE
-                       SET state = EXCLUDED.state, updated_at = now()
+                       SET state = EXCLUDED.state, amount = EXCLUDED.amount, updated_at = now()
                      WHERE dispute_state_rank(d.state) < dispute_state_rank(EXCLUDED.state);
                     v_outcome := CASE WHEN FOUND THEN 'dispute_updated' ELSE 'unchanged' END;
                 END IF;

@@ -189,15 +189,15 @@ pub async fn refund(
     let amount = match request.amount {
         None => None,
         Some(amount) => {
-            let currency = sqlx::query_scalar!(
-                r#"SELECT currency::text AS "currency!" FROM payments WHERE id = $1"#,
+            // The payment's own minor units, fixed when it was recorded.
+            let payment = sqlx::query!(
+                r#"SELECT currency::text AS "currency!", minor_units FROM payments WHERE id = $1"#,
                 id
             )
             .fetch_optional(&state.db)
             .await?
             .ok_or_else(|| Error::NotFound(format!("payment {id} does not exist")))?;
-            let minor_units = money::minor_units(&state.db, &currency).await?;
-            Some(amount.for_currency(&currency, minor_units)?)
+            Some(amount.for_currency(&payment.currency, payment.minor_units)?)
         }
     };
     let (payment, reversal) = change_status(&state, id, Transition::Refund(amount)).await?;

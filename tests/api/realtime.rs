@@ -21,7 +21,7 @@ use crate::helpers::{
     create_partner, create_payment, spawn_app, spawn_app_with, spawn_node, TestDatabase, JWT_SECRET,
 };
 
-type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<TcpStream>;
 
 /// A second node that LISTENs per partner (the first one uses the default,
 /// the firehose), so the tests that span two nodes cover both listen modes.
@@ -30,13 +30,13 @@ fn per_partner(config: &mut ServeConfig) {
 }
 
 /// Long enough for a loaded CI box; only there so a bug fails instead of hanging.
-const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn partner_token(partner_id: i64) -> String {
+pub(crate) fn partner_token(partner_id: i64) -> String {
     token(
         Role::Partner,
         Some(partner_id),
@@ -45,7 +45,7 @@ fn partner_token(partner_id: i64) -> String {
     )
 }
 
-fn admin_token() -> String {
+pub(crate) fn admin_token() -> String {
     token(Role::Admin, None, "admin-user", now() + 3600)
 }
 
@@ -79,7 +79,7 @@ async fn try_open(
 }
 
 /// Opens a socket and returns it with its `ready` message.
-async fn open(address: SocketAddr, query: &str) -> (Ws, Value) {
+pub(crate) async fn open(address: SocketAddr, query: &str) -> (Ws, Value) {
     let mut ws = try_open(
         address,
         url(address, query).into_client_request().unwrap(),
@@ -96,7 +96,7 @@ async fn open(address: SocketAddr, query: &str) -> (Ws, Value) {
 }
 
 /// The next JSON message; WebSocket pings and pongs are skipped.
-async fn next_message(ws: &mut Ws) -> Value {
+pub(crate) async fn next_message(ws: &mut Ws) -> Value {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let frame = tokio::time::timeout_at(deadline, ws.next())
@@ -113,7 +113,7 @@ async fn next_message(ws: &mut Ws) -> Value {
 }
 
 /// Reads `n` events and returns them.
-async fn events(ws: &mut Ws, n: usize) -> Vec<Value> {
+pub(crate) async fn events(ws: &mut Ws, n: usize) -> Vec<Value> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let message = next_message(ws).await;
@@ -126,7 +126,7 @@ async fn events(ws: &mut Ws, n: usize) -> Vec<Value> {
     out
 }
 
-fn seqs(events: &[Value]) -> Vec<i64> {
+pub(crate) fn seqs(events: &[Value]) -> Vec<i64> {
     events.iter().map(|e| e["seq"].as_i64().unwrap()).collect()
 }
 
