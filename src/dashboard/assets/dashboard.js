@@ -95,6 +95,16 @@ async function api(token, path) {
   return res.json();
 }
 
+/** How each ledger kind reads, and which way it moves the partner's money. */
+const KINDS = {
+  earned: { label: 'Earned', sign: '+', toast: 'New commission' },
+  reversed: { label: 'Reversed', sign: '−', toast: 'Commission reversed' },
+  reinstated: { label: 'Reinstated', sign: '+', toast: 'Commission reinstated' },
+  held: { label: 'On hold', sign: '', toast: 'Commission on hold (disputed)' },
+  released: { label: 'Released', sign: '', toast: 'Commission released' },
+};
+const kindOf = (kind) => KINDS[kind] || KINDS.earned;
+
 function onEvent(event, replayed) {
   const data = event.data || {};
   const row = {
@@ -138,7 +148,7 @@ function addRow(row, where, highlight) {
   tr.dataset.kind = row.kind || '';
   const kind = document.createElement('span');
   kind.className = `kind ${row.kind}`;
-  kind.textContent = row.kind === 'reversed' ? 'Reversed' : 'Earned';
+  kind.textContent = kindOf(row.kind).label;
   const cells = [
     [formatTime(row.at), ''],
     [row.partnerId !== undefined ? `#${row.partnerId}` : '', 'admin-only'],
@@ -146,7 +156,7 @@ function addRow(row, where, highlight) {
     [kind, ''],
     [money(row.paymentAmount, row.currency), 'num'],
     [percent(row.rate), 'num'],
-    [(row.kind === 'reversed' ? '−' : '+') + money(row.amount, row.currency), `num amount ${row.kind}`],
+    [kindOf(row.kind).sign + money(row.amount, row.currency), `num amount ${row.kind}`],
   ];
   for (const [content, cls] of cells) {
     const td = document.createElement('td');
@@ -170,7 +180,7 @@ function addRow(row, where, highlight) {
   return true;
 }
 
-/** Writes totals ({"NGN": {earned, pending, paid, reversed}}) into the cards, in place. */
+/** Writes totals ({"NGN": {earned, pending, paid, reversed, held}}) into the cards, in place. */
 function applyTotals(partnerId, totals, highlight) {
   for (const [currency, values] of Object.entries(totals)) {
     const key = `${partnerId}:${currency}`;
@@ -184,8 +194,9 @@ function applyTotals(partnerId, totals, highlight) {
       $('totals').append(card);
       view.cards.set(key, card);
     }
-    for (const field of ['earned', 'pending', 'paid', 'reversed']) {
+    for (const field of ['earned', 'pending', 'paid', 'reversed', 'held']) {
       const el = card.querySelector(`[data-field="${field}"]`);
+      if (!el || values[field] === undefined) continue; // events before engine v2 carry no `held`
       const text = money(values[field]); // the card's badge names the currency
       if (el.textContent !== text) {
         const first = el.textContent === '–';
@@ -202,9 +213,8 @@ function toast(row, replayed) {
   box.className = `toast ${row.kind}`;
   box.dataset.paymentId = String(row.paymentId ?? '');
   const title = document.createElement('strong');
-  title.textContent = row.kind === 'reversed'
-    ? `Commission reversed: −${money(row.amount, row.currency)}`
-    : `New commission: +${money(row.amount, row.currency)}`;
+  const kind = kindOf(row.kind);
+  title.textContent = `${kind.toast}: ${kind.sign}${money(row.amount, row.currency)}`;
   const detail = document.createElement('span');
   const who = document.body.classList.contains('admin') ? `Partner #${row.partnerId} · ` : '';
   detail.textContent = `${who}Payment #${row.paymentId} of ${money(row.paymentAmount, row.currency)}`
