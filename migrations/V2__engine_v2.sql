@@ -13,6 +13,8 @@ COMMENT ON TYPE commission_kind IS
     'A ledger entry: earned (payment verified), reversed (refund or lost dispute, in part or in full), reinstated (a dispute reversal undone), held / released (an open dispute makes part of a commission unpayable, and its end frees it).';
 
 -- The DBA views read columns that change here; sql/05 recreates them.
+-- (Quietly: on a fresh database they do not exist yet.)
+SET client_min_messages = warning;
 DROP VIEW IF EXISTS commission_audit, commission_ledger, partner_summary;
 
 -- The engine's own writes are disabled for the backfill below: the V1

@@ -30,6 +30,28 @@ $$;
 COMMENT ON FUNCTION payment_transition_allowed(payment_status, payment_status) IS
     'The legal status changes: pending -> verified, pending -> failed, verified -> refunded.';
 
+CREATE OR REPLACE FUNCTION payment_minor_units(p_amount numeric, p_currency char(3))
+RETURNS smallint
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_minor_units smallint;
+BEGIN
+    SELECT minor_units INTO v_minor_units FROM currencies WHERE code = p_currency;
+    IF NOT FOUND THEN
+        PERFORM round_money(p_amount, p_currency);  -- raises the unknown-currency error
+    END IF;
+    IF p_amount <> round(p_amount, v_minor_units) THEN
+        RAISE EXCEPTION 'payment amount % has more decimals than % allows (%)',
+            trim_scale(p_amount), p_currency, v_minor_units
+            USING ERRCODE = 'CM002';
+    END IF;
+    RETURN v_minor_units;
+END
+$$;
+COMMENT ON FUNCTION payment_minor_units(numeric, char) IS
+    'The minor units a payment of this amount and currency is recorded with; raises if the currency is unknown or the amount has more decimals than it allows.';
+
 CREATE OR REPLACE FUNCTION payments_check_transition()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -37,15 +59,7 @@ AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         -- The currency's minor units as of now, kept with the payment for good.
-        SELECT minor_units INTO NEW.minor_units FROM currencies WHERE code = NEW.currency;
-        IF NOT FOUND THEN
-            PERFORM round_money(NEW.amount, NEW.currency);  -- raises the unknown-currency error
-        END IF;
-        IF NEW.amount <> round(NEW.amount, NEW.minor_units) THEN
-            RAISE EXCEPTION 'payment amount % has more decimals than % allows (%)',
-                trim_scale(NEW.amount), NEW.currency, NEW.minor_units
-                USING ERRCODE = 'CM002';
-        END IF;
+        NEW.minor_units := payment_minor_units(NEW.amount, NEW.currency);
         IF NEW.status NOT IN ('pending', 'verified', 'failed') THEN
             RAISE EXCEPTION 'a payment cannot be created as %: record it as pending or verified, then refund it',
                 NEW.status USING ERRCODE = 'CM001';
@@ -66,15 +80,7 @@ BEGIN
     END IF;
     IF OLD.status = 'pending' AND (NEW.amount, NEW.currency) IS DISTINCT FROM (OLD.amount, OLD.currency) THEN
         -- A pending payment may still be corrected; its minor units follow its currency.
-        SELECT minor_units INTO NEW.minor_units FROM currencies WHERE code = NEW.currency;
-        IF NOT FOUND THEN
-            PERFORM round_money(NEW.amount, NEW.currency);
-        END IF;
-        IF NEW.amount <> round(NEW.amount, NEW.minor_units) THEN
-            RAISE EXCEPTION 'payment amount % has more decimals than % allows (%)',
-                trim_scale(NEW.amount), NEW.currency, NEW.minor_units
-                USING ERRCODE = 'CM002';
-        END IF;
+        NEW.minor_units := payment_minor_units(NEW.amount, NEW.currency);
     END IF;
     IF OLD.status <> 'pending'
        AND (NEW.amount, NEW.currency, NEW.partner_id, NEW.provider, NEW.provider_reference)

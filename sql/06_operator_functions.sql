@@ -4,7 +4,7 @@
 -- The wrappers are PL/pgSQL because a SQL function returning a row is parsed
 -- and planned again on every call.
 
-CREATE OR REPLACE FUNCTION change_payment_status(p_payment_id bigint, p_status payment_status)
+CREATE OR REPLACE FUNCTION lock_payment(p_payment_id bigint)
 RETURNS payments
 LANGUAGE plpgsql
 AS $$
@@ -15,6 +15,19 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'payment % does not exist', p_payment_id USING ERRCODE = 'CM004';
     END IF;
+    RETURN v_payment;
+END
+$$;
+COMMENT ON FUNCTION lock_payment(bigint) IS
+    'The payment, locked until the end of the transaction; raises CM004 if there is no such payment.';
+
+CREATE OR REPLACE FUNCTION change_payment_status(p_payment_id bigint, p_status payment_status)
+RETURNS payments
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_payment payments := lock_payment(p_payment_id);
+BEGIN
     IF v_payment.status = p_status THEN
         RAISE EXCEPTION 'illegal status change for payment %: it is already %', p_payment_id, p_status
             USING ERRCODE = 'CM001';
@@ -38,12 +51,8 @@ RETURNS payments
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_payment payments;
+    v_payment payments := lock_payment(p_payment_id);
 BEGIN
-    SELECT * INTO v_payment FROM payments WHERE id = p_payment_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'payment % does not exist', p_payment_id USING ERRCODE = 'CM004';
-    END IF;
     IF v_payment.status = 'refunded' THEN
         RAISE EXCEPTION 'illegal status change for payment %: it is already refunded', p_payment_id
             USING ERRCODE = 'CM001';

@@ -131,6 +131,18 @@ async fn watched(rate: Option<&str>) -> Watched {
 }
 
 impl Watched {
+    /// `payment_intent.succeeded` for `pi_1`, attributed to the watched partner.
+    async fn stripe_paid(&self, amount_minor: i64, currency: &str) -> Value {
+        let body = stripe_succeeded(
+            "evt_s",
+            "pi_1",
+            amount_minor,
+            currency,
+            json!(self.partner.to_string()),
+        );
+        self.stripe(&body).await
+    }
+
     async fn stripe(&self, body: &str) -> Value {
         json(self.app.stripe(body).await, 200).await
     }
@@ -232,15 +244,7 @@ fn types(events: &[Value]) -> Vec<&str> {
 async fn two_partial_stripe_refunds_then_a_full_one_reverse_the_exact_remainder() {
     let w = watched(None).await;
     // 333.33 USD at 2% earns 6.67 (6.6666 rounded half away from zero).
-    let r = w
-        .stripe(&stripe_succeeded(
-            "evt_s",
-            "pi_1",
-            33_333,
-            "usd",
-            json!(w.partner.to_string()),
-        ))
-        .await;
+    let r = w.stripe_paid(33_333, "usd").await;
     assert_eq!(r["outcome"], "verified");
     // Cumulative totals: 100.00, 200.00, then all of it.
     for (id, total, expected) in [
@@ -287,14 +291,7 @@ async fn two_partial_stripe_refunds_then_a_full_one_reverse_the_exact_remainder(
 #[tokio::test]
 async fn partial_refunds_arriving_in_reverse_order_count_the_larger_total_once() {
     let w = watched(None).await;
-    w.stripe(&stripe_succeeded(
-        "evt_s",
-        "pi_1",
-        10_000,
-        "usd",
-        json!(w.partner.to_string()),
-    ))
-    .await;
+    w.stripe_paid(10_000, "usd").await;
     // The later refund (60.00 in all) arrives first, then the older 30.00.
     let r = w
         .stripe(&stripe_refunded(
@@ -354,15 +351,7 @@ async fn a_refund_that_arrives_before_its_payment_is_parked_then_applied_with_it
     assert_eq!(w.app.count("SELECT count(*) FROM parked_events").await, 1);
     assert_eq!(w.app.count("SELECT count(*) FROM payments").await, 0);
 
-    let r = w
-        .stripe(&stripe_succeeded(
-            "evt_s",
-            "pi_1",
-            10_000,
-            "usd",
-            json!(w.partner.to_string()),
-        ))
-        .await;
+    let r = w.stripe_paid(10_000, "usd").await;
     assert_eq!(r["outcome"], "verified");
     // Applied in the transaction that recorded the payment: never earned in full alone.
     assert_eq!(
@@ -388,14 +377,7 @@ async fn a_refund_that_arrives_before_its_payment_is_parked_then_applied_with_it
 #[tokio::test]
 async fn a_stripe_dispute_holds_then_reverses_when_funds_are_withdrawn_and_reinstates_when_won() {
     let w = watched(None).await;
-    w.stripe(&stripe_succeeded(
-        "evt_s",
-        "pi_1",
-        10_000,
-        "usd",
-        json!(w.partner.to_string()),
-    ))
-    .await;
+    w.stripe_paid(10_000, "usd").await;
     let steps = [
         (
             "evt_d1",
@@ -638,15 +620,7 @@ async fn an_event_for_a_partner_created_later_is_parked_then_reapplied_by_an_ope
 #[tokio::test]
 async fn an_unsupported_currency_parks_until_an_operator_adds_it() {
     let w = watched(None).await;
-    let r = w
-        .stripe(&stripe_succeeded(
-            "evt_s",
-            "pi_1",
-            10_000,
-            "isk",
-            json!(w.partner.to_string()),
-        ))
-        .await;
+    let r = w.stripe_paid(10_000, "isk").await;
     assert_eq!(r["parked_reason"], "unsupported_currency");
     let client = w.app.db.connect().await;
     client
@@ -698,30 +672,14 @@ async fn changing_a_currencys_minor_units_changes_no_existing_payment() {
         .unwrap();
 
     // A partial refund in the payment's own units (3 decimals) is accepted...
-    let partial = json(
-        w.app
-            .post_as(
-                &admin,
-                &format!("/api/payments/{payment}/refund"),
-                &json!({"amount": "2.469"}),
-            )
-            .await,
-        200,
-    )
-    .await;
+    let partial = json(w.refund(payment, json!({"amount": "2.469"})).await, 200).await;
     assert_eq!(partial["payment"]["refunded_amount"], "2.469");
     assert_eq!(partial["payment"]["amount"], "12.345");
     // round(0.247 * 2.469 / 12.345, 3) = 0.049
     assert_eq!(partial["reversal"]["amount"], "0.049");
     // ... more than is left is refused and changes nothing ...
     let refused = problem(
-        w.app
-            .post_as(
-                &admin,
-                &format!("/api/payments/{payment}/refund"),
-                &json!({"amount": "10.000"}),
-            )
-            .await,
+        w.refund(payment, json!({"amount": "10.000"})).await,
         409,
         "conflict",
     )
@@ -734,41 +692,19 @@ async fn changing_a_currencys_minor_units_changes_no_existing_payment() {
         "{refused}"
     );
     problem(
-        w.app
-            .post_as(
-                &admin,
-                &format!("/api/payments/{payment}/refund"),
-                &json!({"amount": "0.0001"}),
-            )
-            .await,
+        w.refund(payment, json!({"amount": "0.0001"})).await,
         422,
         "invalid-input",
     )
     .await;
     problem(
-        w.app
-            .post_as(
-                &admin,
-                &format!("/api/payments/{payment}/refund"),
-                &json!({"amount": "-1"}),
-            )
-            .await,
+        w.refund(payment, json!({"amount": "-1"})).await,
         422,
         "invalid-input",
     )
     .await;
     // ... and the rest (no amount) reverses exactly what is left: 0.198.
-    let full = json(
-        w.app
-            .post_as(
-                &admin,
-                &format!("/api/payments/{payment}/refund"),
-                &json!({}),
-            )
-            .await,
-        200,
-    )
-    .await;
+    let full = json(w.refund(payment, json!({})).await, 200).await;
     assert_eq!(full["payment"]["status"], "refunded");
     assert_eq!(full["reversal"]["amount"], "0.198");
     assert_eq!(
@@ -779,23 +715,23 @@ async fn changing_a_currencys_minor_units_changes_no_existing_payment() {
             ("reversed", "0.198")
         ])
     );
-    problem(
-        w.app
-            .post_as(
-                &admin,
-                &format!("/api/payments/{payment}/refund"),
-                &json!({}),
-            )
-            .await,
-        409,
-        "conflict",
-    )
-    .await;
+    problem(w.refund(payment, json!({})).await, 409, "conflict").await;
     let got = w.check_streams().await;
     assert_eq!(got[2]["data"]["amount"], "0.198");
 }
 
 impl Watched {
+    /// `POST /api/payments/{id}/refund` as an admin.
+    async fn refund(&self, payment: i64, body: Value) -> reqwest::Response {
+        self.app
+            .post_as(
+                &admin_token(),
+                &format!("/api/payments/{payment}/refund"),
+                &body,
+            )
+            .await
+    }
+
     async fn ledger_by_id(&self, payment: i64) -> Vec<(String, String)> {
         sqlx::query_as(
             "SELECT kind::text, round(amount, minor_units)::text FROM commissions WHERE payment_id = $1 ORDER BY id",
