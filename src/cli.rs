@@ -29,6 +29,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The token `commissions token` prints, valid for `ttl` seconds from `now`.
 pub fn mint_token(config: &TokenConfig, now: i64) -> anyhow::Result<String> {
+    crate::config::check_jwt_secret(&config.jwt_secret)?;
     let (role, partner_id) = match (config.role, config.partner_id) {
         (TokenRole::Admin, _) => (Role::Admin, None),
         (TokenRole::Partner, Some(id)) => (Role::Partner, Some(id)),

@@ -148,6 +148,70 @@ pub struct SimulatePaymentConfig {
     pub currency: String,
 }
 
+/// The shortest JWT secret a node accepts: HS256 wants a key at least as long
+/// as its 32-byte hash (RFC 7518, 3.2).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Values that appear in examples and compose files: a node refuses them even
+/// when they are long enough, since anyone who read the docs can sign tokens.
+const PLACEHOLDER_SECRETS: &[&str] = &[
+    "local-compose-only-insecure-jwt-secret-change-me",
+    "change-me",
+    "changeme",
+    "replace-me",
+    "placeholder",
+    "your-secret",
+    "insecure",
+];
+
+/// Why a configuration cannot serve. The message names the setting, never its value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("JWT_SECRET is {0} bytes long; it must have at least {MIN_JWT_SECRET_BYTES} (e.g. `openssl rand -hex 32`)")]
+    JwtSecretTooShort(usize),
+    #[error("JWT_SECRET is a placeholder from an example; set a random one (e.g. `openssl rand -hex 32`)")]
+    JwtSecretPlaceholder,
+}
+
+impl ServeConfig {
+    /// Refuses a JWT secret that anyone could guess, and treats an empty
+    /// provider secret as unset (its webhook answers 503), so that no
+    /// signature is ever checked against an empty key.
+    pub fn validated(mut self) -> Result<Self, ConfigError> {
+        check_jwt_secret(&self.jwt_secret)?;
+        for (name, secret) in [
+            ("STRIPE_WEBHOOK_SECRET", &mut self.stripe_webhook_secret),
+            ("PAYSTACK_SECRET_KEY", &mut self.paystack_secret_key),
+        ] {
+            if secret
+                .as_ref()
+                .is_some_and(|s| s.expose().trim().is_empty())
+            {
+                *secret = None;
+            }
+            if secret.is_none() {
+                tracing::warn!(
+                    "{name} is not set: that provider's webhook answers 503 until it is"
+                );
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// The JWT secret's checks, shared by `serve` and `token`.
+pub fn check_jwt_secret(secret: &Secret) -> Result<(), ConfigError> {
+    let value = secret.expose();
+    let lower = value.trim().to_ascii_lowercase();
+    if PLACEHOLDER_SECRETS.iter().any(|p| lower.contains(p)) {
+        return Err(ConfigError::JwtSecretPlaceholder);
+    }
+    if value.len() < MIN_JWT_SECRET_BYTES {
+        return Err(ConfigError::JwtSecretTooShort(value.len()));
+    }
+    Ok(())
+}
+
 /// A secret string. Its `Debug` and `Display` print `[redacted]`; read it
 /// with [`Secret::expose`] only where it is used.
 #[derive(Clone, PartialEq, Eq)]

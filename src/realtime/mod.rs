@@ -11,15 +11,17 @@
 //!   runs one socket.
 //!
 //! Why no event is lost or repeated:
-//! - A partner's `seq` is gapless and in commit order (the engine bumps
-//!   `partners.last_seq` under the row lock) and PostgreSQL delivers NOTIFYs
-//!   in commit order. So a partner socket keeps the next `seq` it expects: a
+//! - A partner's `seq` is gapless and in commit order (the engine's publisher
+//!   bumps `partner_streams.last_seq` at commit, under its row lock, held
+//!   through the commit) and PostgreSQL delivers NOTIFYs in commit order. So a partner socket keeps the next `seq` it expects: a
 //!   live event below it is a duplicate and is dropped, the expected one is
 //!   sent, and one above it reveals a gap, which is read from the event log
 //!   before going on. Reconnects and races can only cause gaps or
 //!   duplicates, and both are repaired by that rule.
-//! - The admin room's `position` is in commit order but may skip numbers
-//!   (rolled-back transactions), so it cannot reveal a gap. It drops
+//! - The admin room's `position` is in commit order and, since engine v2,
+//!   gapless too (taken at commit from `event_log_head`). The room does not
+//!   rely on that (logs written by v1 have gaps where a transaction rolled
+//!   back), so it cannot use a jump to reveal a gap. It drops
 //!   `position <= last sent`, and after the LISTEN connection comes back it
 //!   reads everything after its cursor from the log. For that to be enough,
 //!   the Resync must reach the socket before any event of the new connection

@@ -76,3 +76,39 @@ async fn the_openapi_document_describes_every_endpoint() {
     assert!(doc["components"]["schemas"]["Problem"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+#[tokio::test]
+async fn a_node_refuses_to_start_on_an_empty_short_or_placeholder_jwt_secret() {
+    use commissions::{config::Secret, startup::Application};
+
+    let db = crate::helpers::TestDatabase::new().await;
+    for (secret, expected) in [
+        ("", "JWT_SECRET is 0 bytes long"),
+        ("short-secret", "JWT_SECRET is 12 bytes long"),
+        (
+            "local-compose-only-insecure-jwt-secret-change-me",
+            "placeholder",
+        ),
+        (
+            "changeme-changeme-changeme-changeme-changeme",
+            "placeholder",
+        ),
+    ] {
+        let mut config = crate::helpers::serve_config(&db.url);
+        config.jwt_secret = Secret::new(secret);
+        let error = Application::build(config)
+            .await
+            .err()
+            .expect("the node refuses to start")
+            .to_string();
+        assert!(error.contains(expected), "{secret:?}: {error}");
+        assert!(
+            secret.is_empty() || !error.contains(secret),
+            "the message never repeats the secret: {error}"
+        );
+    }
+    // 32 random-looking bytes are accepted.
+    let mut config = crate::helpers::serve_config(&db.url);
+    config.jwt_secret = Secret::new("0123456789abcdef0123456789abcdef");
+    assert!(Application::build(config).await.is_ok());
+}

@@ -2,6 +2,7 @@
 //! a good event verifies or refunds, a bad, stale, altered or missing
 //! signature changes nothing, and redeliveries (even concurrent) count once.
 
+use commissions::config::Secret;
 use futures::future::join_all;
 use serde_json::{json, Value};
 
@@ -454,8 +455,9 @@ async fn bad_altered_or_missing_paystack_signatures_change_nothing() {
 async fn an_unconfigured_webhook_is_503_and_a_huge_body_413() {
     let db = TestDatabase::new().await;
     let app = spawn_app_with(db, |config| {
+        // Unset, and set but empty: both refuse, never check against an empty key.
         config.stripe_webhook_secret = None;
-        config.paystack_secret_key = None;
+        config.paystack_secret_key = Some(Secret::new(""));
     })
     .await;
     problem(
