@@ -8,7 +8,7 @@ use std::{sync::OnceLock, time::Instant};
 
 use axum::{
     extract::{MatchedPath, Request},
-    http::header,
+    http::{header, Method},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -42,9 +42,11 @@ pub async fn render() -> impl IntoResponse {
 }
 
 /// Counts every request by method, route template (never the raw path, which
-/// holds ids) and status, and times it.
+/// holds ids) and status, and times it. Every label has a bounded set of
+/// values, so no client can grow the registry: a method outside the standard
+/// ones is `other`, a path no route matches is `unmatched`.
 pub async fn track(request: Request, next: Next) -> Response {
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -53,7 +55,7 @@ pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
     let labels = [
-        ("method", method),
+        ("method", method.to_owned()),
         ("route", route),
         ("status", response.status().as_u16().to_string()),
     ];
@@ -61,6 +63,19 @@ pub async fn track(request: Request, next: Next) -> Response {
     ::metrics::histogram!("http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 pub fn webhook_outcome(provider: &'static str, outcome: &'static str) {

@@ -34,6 +34,30 @@ async fn metrics_count_requests_webhook_outcomes_and_commissions() {
         text.contains(r#"commissions_total{kind="earned"}"#),
         "{text}"
     );
+
+    // Made-up methods are one label value, not one each.
+    for method in ["FOOBAR", "XYZZY1", "XYZZY2"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        app.http
+            .request(method, app.url("/api/partners"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text.contains("XYZZY") && !text.contains("FOOBAR"),
+        "{text}"
+    );
+    assert!(text.contains(r#"method="other""#), "{text}");
 }
 
 #[tokio::test]
