@@ -1,7 +1,8 @@
 -- Views for the people who read the engine in psql. Each is dropped and
 -- recreated on every migrate, so a column change here just works.
 
-DROP VIEW IF EXISTS commission_audit, commission_ledger, partner_summary, parked_events, payment_refunds_and_disputes;
+DROP VIEW IF EXISTS commission_audit, commission_ledger, partner_summary, parked_events, payment_refunds_and_disputes,
+    rejected_webhook_events;
 
 CREATE VIEW partner_summary AS
 SELECT p.id                           AS partner_id,
@@ -54,6 +55,12 @@ SELECT w.provider, w.event_id, w.event_type, w.parked_reason, w.reference, w.act
   FROM webhook_events w
  WHERE w.outcome = 'parked';
 COMMENT ON VIEW parked_events IS 'Provider events received but not yet applied, and why; nothing a provider sent is dropped. SELECT * FROM reapply_parked_events() retries them all.';
+
+CREATE VIEW rejected_webhook_events AS
+SELECT w.provider, w.event_id, w.event_type, w.rejected_reason, w.received_at, w.payload
+  FROM webhook_events w
+ WHERE w.outcome = 'rejected';
+COMMENT ON VIEW rejected_webhook_events IS 'Authenticated provider events that can never apply (no id, a NUL character, not JSON, ...), with why. Each was answered 200 so the provider stops retrying, and changed nothing else.';
 
 CREATE VIEW payment_refunds_and_disputes AS
 SELECT pay.id AS payment_id, pay.partner_id, pay.currency, pay.amount, pay.refunded_amount, pay.status,

@@ -39,6 +39,32 @@ $$;
 COMMENT ON FUNCTION provider_reference_lock(text, text) IS
     'Serialises the events about one provider reference until the end of the transaction (only that payment''s events wait).';
 
+CREATE OR REPLACE FUNCTION max_payment_amount()
+RETURNS numeric
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT 1e16::numeric $$;
+COMMENT ON FUNCTION max_payment_amount() IS
+    'Payments are below 10^16 in major units (payments.amount is numeric(20, 4)); a provider amount at or above it is invalid_amount.';
+
+CREATE OR REPLACE FUNCTION record_rejected_webhook_event(
+    p_provider   text,
+    p_event_id   text,
+    p_event_type text,
+    p_payload    jsonb,
+    p_reason     text)
+RETURNS TABLE (outcome text)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO webhook_events (provider, event_id, event_type, outcome, payload, action, rejected_reason)
+    VALUES (p_provider, p_event_id, p_event_type, 'rejected', p_payload, 'rejected', p_reason)
+    ON CONFLICT (provider, event_id) DO NOTHING;
+    RETURN QUERY SELECT CASE WHEN FOUND THEN 'rejected' ELSE 'duplicate' END;
+END
+$$;
+COMMENT ON FUNCTION record_rejected_webhook_event(text, text, text, jsonb, text) IS
+    'Records an authenticated provider event that can never apply (outcome rejected, with its reason) and changes nothing else; a redelivery returns duplicate.';
+
 CREATE OR REPLACE FUNCTION dispute_state_rank(p_state text)
 RETURNS int
 LANGUAGE sql IMMUTABLE STRICT
@@ -84,7 +110,9 @@ BEGIN
                          END;
         ELSIF v_minor_units IS NULL THEN
             v_outcome := 'parked'; v_parked := 'unsupported_currency';
-        ELSIF e.amount_minor IS NULL OR e.amount_minor <= 0 THEN
+        ELSIF e.amount_minor IS NULL OR e.amount_minor <= 0
+              OR money_from_minor_units(e.amount_minor, v_minor_units) >= max_payment_amount() THEN
+            -- Zero, negative, or more than a payment can hold (numeric(20, 4)).
             v_outcome := 'invalid_amount';
         ELSIF e.partner_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM partners WHERE id = e.partner_id) THEN
             v_outcome := 'parked'; v_parked := 'unknown_partner';

@@ -75,6 +75,13 @@ impl Error {
             Some("23514") | Some("23502") => Some(Error::Unprocessable(message)),
             Some("23503") => Some(Error::Unprocessable(message)),
             Some("23505") => Some(Error::Conflict(message)),
+            // Input no handler check caught: a NUL in text, a number out of range.
+            Some("22P05") | Some("22021") => Some(Error::Unprocessable(
+                "the request contains a character PostgreSQL cannot store (NUL, \\u0000)".into(),
+            )),
+            Some("22003") => Some(Error::Unprocessable(
+                "a number in the request is out of range".into(),
+            )),
             _ => None,
         }
     }

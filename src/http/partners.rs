@@ -68,6 +68,11 @@ pub struct PartnerChange {
 }
 
 fn check_name(name: &str) -> Result<()> {
+    if name.contains('\0') {
+        return Err(Error::Unprocessable(
+            "name must not contain a NUL character (\\u0000)".into(),
+        ));
+    }
     if (1..=200).contains(&name.trim().chars().count()) {
         Ok(())
     } else {

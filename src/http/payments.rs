@@ -87,10 +87,10 @@ pub async fn create(
     if new
         .reference
         .as_deref()
-        .is_some_and(|r| !(1..=200).contains(&r.trim().chars().count()))
+        .is_some_and(|r| !(1..=200).contains(&r.trim().chars().count()) || r.contains('\0'))
     {
         return Err(Error::Unprocessable(
-            "reference must have 1 to 200 characters".into(),
+            "reference must have 1 to 200 characters and no NUL (\\u0000)".into(),
         ));
     }
     let id = sqlx::query_scalar!(

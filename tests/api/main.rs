@@ -11,6 +11,7 @@ mod locks;
 mod migrate;
 mod partners;
 mod payments;
+mod poison;
 mod realtime;
 mod refunds_and_disputes;
 mod service;

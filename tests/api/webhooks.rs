@@ -274,9 +274,11 @@ async fn unknown_partners_and_unsupported_events_are_acknowledged_and_recorded()
     assert_eq!(app.count("SELECT count(*) FROM parked_events").await, 2);
     assert_eq!(app.count("SELECT count(*) FROM payments").await, 0);
 
-    // A signed body that is not JSON is a 400, recorded nowhere.
-    let response = app.stripe("not json").await;
-    problem(response, 400, "bad-request").await;
+    // A signed body that is not JSON can never apply: recorded as rejected
+    // and answered 200, so the provider stops retrying (tests/api/poison.rs).
+    let receipt = json(app.stripe("not json").await, 200).await;
+    assert_eq!(receipt["outcome"], "rejected");
+    assert_eq!(app.count("SELECT count(*) FROM payments").await, 0);
 }
 
 fn paystack_charge(reference: &str, kobo: i64, metadata: Value) -> String {

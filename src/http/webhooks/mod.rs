@@ -25,7 +25,8 @@ pub mod stripe;
 use axum::{extract::State, http::HeaderMap};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::{
@@ -171,11 +172,14 @@ pub enum Outcome {
     InvalidPartner,
     IllegalTransition,
     Ignored,
+    /// Authenticated but unreadable (no id, a NUL character, not JSON): recorded
+    /// with `rejected_reason`, answered 200 so the provider stops retrying.
+    Rejected,
     Duplicate,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 11] = [
+    const ALL: [Outcome; 12] = [
         Outcome::Verified,
         Outcome::AlreadyVerified,
         Outcome::Refunded,
@@ -186,6 +190,7 @@ impl Outcome {
         Outcome::InvalidPartner,
         Outcome::IllegalTransition,
         Outcome::Ignored,
+        Outcome::Rejected,
         Outcome::Duplicate,
     ];
 
@@ -201,6 +206,7 @@ impl Outcome {
             Outcome::InvalidPartner => "invalid_partner",
             Outcome::IllegalTransition => "illegal_transition",
             Outcome::Ignored => "ignored",
+            Outcome::Rejected => "rejected",
             Outcome::Duplicate => "duplicate",
         }
     }
@@ -225,6 +231,8 @@ pub struct Receipt {
     /// Why the event is parked: `unknown_payment`, `payment_not_verified`,
     /// `unknown_partner` or `unsupported_currency`.
     pub parked_reason: Option<String>,
+    /// Why an unreadable event was rejected.
+    pub rejected_reason: Option<String>,
     pub payment_id: Option<i64>,
 }
 
@@ -252,10 +260,92 @@ pub async fn receive<P: Provider>(
         secret.expose().as_bytes(),
         Utc::now().timestamp(),
     )?;
-    let payload: Value = serde_json::from_slice(&body)
-        .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))?;
-    let event = P::parse(&payload, &body)?;
-    Ok(Json(apply(&state, P::NAME, event, &payload).await?))
+    // From here on the provider sent it: anything we cannot read would fail
+    // the same way on every retry, so it is recorded and answered 200.
+    let read = match serde_json::from_slice::<Value>(&body) {
+        Ok(payload) if has_nul(&payload) => Err((
+            without_nul(payload),
+            "the event contains a NUL character (\\u0000), which PostgreSQL cannot store"
+                .to_owned(),
+        )),
+        Ok(payload) => match P::parse(&payload, &body) {
+            Ok(event) => Ok((payload, event)),
+            Err(e) => Err((payload, e.to_string())),
+        },
+        Err(e) => Err((
+            json!({"unparsed_body": String::from_utf8_lossy(&body).replace('\0', "\u{fffd}")}),
+            format!("the body is not JSON: {e}"),
+        )),
+    };
+    let receipt = match read {
+        Ok((payload, event)) => apply(&state, P::NAME, event, &payload).await?,
+        Err((payload, reason)) => reject(&state, P::NAME, &body, &payload, reason).await?,
+    };
+    Ok(Json(receipt))
+}
+
+/// Records an event that can never apply, keyed by its body's digest (a
+/// redelivery of the same bytes is a duplicate).
+async fn reject(
+    state: &AppState,
+    provider: &'static str,
+    body: &[u8],
+    payload: &Value,
+    reason: String,
+) -> Result<Receipt> {
+    let event_id = format!("sha256:{}", hex::encode(Sha256::digest(body)));
+    let event_type = [&payload["type"], &payload["event"]]
+        .into_iter()
+        .find_map(|t| t.as_str())
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect::<String>();
+    let outcome = sqlx::query_scalar!(
+        r#"SELECT outcome AS "outcome!" FROM record_rejected_webhook_event($1, $2, $3, $4, $5)"#,
+        provider,
+        event_id,
+        event_type,
+        payload,
+        reason
+    )
+    .fetch_one(&state.db)
+    .await?;
+    let outcome = Outcome::from_sql(&outcome)?;
+    if outcome == Outcome::Rejected {
+        tracing::warn!(provider, event_id, reason, "webhook event rejected");
+    }
+    metrics::webhook_outcome(provider, outcome.as_str());
+    Ok(Receipt {
+        event_id,
+        outcome,
+        parked_reason: None,
+        rejected_reason: (outcome == Outcome::Rejected).then_some(reason),
+        payment_id: None,
+    })
+}
+
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// The payload with every NUL replaced by U+FFFD, so that it can be stored.
+fn without_nul(value: Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(s.replace('\0', "\u{fffd}")),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_nul).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k.replace('\0', "\u{fffd}"), without_nul(v)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// The arguments of `apply_webhook_event` an action fills in.
@@ -390,6 +480,7 @@ async fn apply(
         event_id,
         outcome,
         parked_reason: applied.parked_reason,
+        rejected_reason: None,
         payment_id,
     })
 }
