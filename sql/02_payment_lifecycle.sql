@@ -78,6 +78,12 @@ BEGIN
         RAISE EXCEPTION 'payment %: minor_units is fixed when the payment is recorded (%)', OLD.id, OLD.minor_units
             USING ERRCODE = 'CM001';
     END IF;
+    IF OLD.provider <> 'manual'
+       AND (NEW.provider, NEW.provider_reference) IS DISTINCT FROM (OLD.provider, OLD.provider_reference) THEN
+        -- Provider events find the payment (and park for it) by this pair.
+        RAISE EXCEPTION 'payment % came from %: its provider and reference identify it to that provider and cannot change',
+            OLD.id, OLD.provider USING ERRCODE = 'CM001';
+    END IF;
     IF OLD.status = 'pending' AND (NEW.amount, NEW.currency) IS DISTINCT FROM (OLD.amount, OLD.currency) THEN
         -- A pending payment may still be corrected; its minor units follow its currency.
         NEW.minor_units := payment_minor_units(NEW.amount, NEW.currency);

@@ -120,9 +120,12 @@ RETURNS void
 LANGUAGE plpgsql
 AS $$
 BEGIN
+    -- Lets the ledger's insert guard (04_ledger_guards.sql) tell the engine from a hand edit.
+    PERFORM set_config('commissions.engine', 'on', true);
     INSERT INTO commissions (payment_id, partner_id, kind, amount, currency, rate, payment_amount, reason, minor_units)
     VALUES (p_payment.id, p_payment.partner_id, p_kind, p_amount, p_payment.currency, p_rate,
             p_payment.amount, p_reason, p_payment.minor_units);
+    PERFORM set_config('commissions.engine', '', true);
 END
 $$;
 COMMENT ON FUNCTION append_commission_entry(payments, commission_kind, numeric, numeric, text) IS
@@ -204,6 +207,10 @@ BEGIN
             v_amount := round(NEW.amount * v_rate, NEW.minor_units);
             IF v_amount > 0 THEN
                 PERFORM append_commission_entry(NEW, 'earned', v_amount, v_rate, 'verified');
+                -- A dispute a DBA recorded before the payment was verified.
+                IF EXISTS (SELECT 1 FROM disputes d WHERE d.payment_id = NEW.id) THEN
+                    PERFORM settle_commission(NEW.id, 'dispute');
+                END IF;
             END IF;
         END IF;
         -- Provider events that arrived before the payment (refunds, disputes) apply now.
@@ -240,6 +247,43 @@ $$;
 COMMENT ON FUNCTION disputes_settle() IS
     'Trigger function: a dispute recorded or moved to another state settles its payment''s commission.';
 
+CREATE OR REPLACE FUNCTION dispute_state_rank(p_state text)
+RETURNS int
+LANGUAGE sql IMMUTABLE STRICT
+AS $$ SELECT CASE p_state WHEN 'open' THEN 1 WHEN 'funds_withdrawn' THEN 2 WHEN 'won' THEN 3 WHEN 'lost' THEN 3 END $$;
+COMMENT ON FUNCTION dispute_state_rank(text) IS
+    'Dispute states in the order they can happen: open 1, funds_withdrawn 2, won or lost 3 (final). A dispute moves only to a higher rank.';
+
+CREATE OR REPLACE FUNCTION disputes_check_change()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'dispute % of payment % cannot be deleted: the ledger settled it; record its end instead (state won or lost)',
+            OLD.dispute_id, OLD.payment_id USING ERRCODE = 'CM003';
+    END IF;
+    IF (NEW.provider, NEW.dispute_id, NEW.payment_id) IS DISTINCT FROM (OLD.provider, OLD.dispute_id, OLD.payment_id) THEN
+        RAISE EXCEPTION 'dispute %: its provider, id and payment cannot change', OLD.dispute_id USING ERRCODE = 'CM001';
+    END IF;
+    IF dispute_state_rank(NEW.state) < dispute_state_rank(OLD.state)
+       OR (dispute_state_rank(OLD.state) = 3 AND NEW.state <> OLD.state) THEN
+        RAISE EXCEPTION 'dispute %: % -> % goes backwards (open -> funds_withdrawn -> won or lost)',
+            OLD.dispute_id, OLD.state, NEW.state USING ERRCODE = 'CM001';
+    END IF;
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION disputes_check_change() IS
+    'Trigger function: a dispute only moves forward (open -> funds_withdrawn -> won or lost), keeps its payment, and is never deleted.';
+
+CREATE OR REPLACE TRIGGER disputes_check_change
+    BEFORE UPDATE OR DELETE ON disputes
+    FOR EACH ROW EXECUTE FUNCTION disputes_check_change();
+COMMENT ON TRIGGER disputes_check_change ON disputes IS
+    'Keeps disputes moving forward only, whoever writes them.';
+
 CREATE OR REPLACE TRIGGER disputes_settle
     AFTER INSERT OR UPDATE OF state, amount ON disputes
     FOR EACH ROW EXECUTE FUNCTION disputes_settle();
@@ -262,6 +306,10 @@ AS $$
 DECLARE
     c             commissions := NEW;
     u             smallint := NEW.minor_units;
+    -- Totals mix payments recorded with different minor units if an operator
+    -- changed the currency's; they are written as money_text() writes them
+    -- (the currency's units now), so the socket and the REST API agree.
+    t             smallint := (SELECT minor_units FROM currencies WHERE code = NEW.currency);
     v_position    bigint;
     v_seq         bigint;
     v_balance     partner_balances;
@@ -314,11 +362,11 @@ BEGIN
                 'rate',           trim_scale(c.rate)::text,
                 'payment_amount', round(c.payment_amount, u)::text,
                 'totals',         jsonb_build_object(v_balance.currency, jsonb_build_object(
-                    'earned',   round(v_balance.earned, u)::text,
-                    'pending',  round(v_balance.pending, u)::text,
-                    'paid',     round(v_balance.paid, u)::text,
-                    'reversed', round(v_balance.reversed, u)::text,
-                    'held',     round(v_balance.held, u)::text))),
+                    'earned',   round(v_balance.earned, t)::text,
+                    'pending',  round(v_balance.pending, t)::text,
+                    'paid',     round(v_balance.paid, t)::text,
+                    'reversed', round(v_balance.reversed, t)::text,
+                    'held',     round(v_balance.held, t)::text))),
             now())
     RETURNING commission_event_json(commission_events)::text INTO v_event;
 

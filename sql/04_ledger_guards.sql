@@ -24,6 +24,37 @@ CREATE OR REPLACE TRIGGER commissions_no_truncate
     FOR EACH STATEMENT EXECUTE FUNCTION reject_ledger_change();
 COMMENT ON TRIGGER commissions_no_truncate ON commissions IS 'The ledger is never truncated.';
 
+-- Entries and events are written by the engine only: one typed by hand
+-- would be published as a commission nobody earned.
+CREATE OR REPLACE FUNCTION reject_hand_insert()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION '% is written by the commission engine only: verify, refund or dispute the payment instead (SELECT verify_payment(<id>), SELECT refund_payment(<id>, <amount>))',
+        TG_TABLE_NAME USING ERRCODE = 'CM003';
+END
+$$;
+COMMENT ON FUNCTION reject_hand_insert() IS
+    'Trigger function: refuses an INSERT into commissions or commission_events that does not come from the engine.';
+
+CREATE OR REPLACE TRIGGER commissions_engine_only
+    BEFORE INSERT ON commissions
+    FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
+    EXECUTE FUNCTION reject_hand_insert();
+COMMENT ON TRIGGER commissions_engine_only ON commissions IS 'Only the engine appends to the ledger.';
+
+CREATE OR REPLACE TRIGGER commission_events_engine_only
+    BEFORE INSERT ON commission_events
+    FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
+    EXECUTE FUNCTION reject_hand_insert();
+COMMENT ON TRIGGER commission_events_engine_only ON commission_events IS 'Only the engine writes events.';
+
+CREATE OR REPLACE TRIGGER disputes_no_truncate
+    BEFORE TRUNCATE ON disputes
+    FOR EACH STATEMENT EXECUTE FUNCTION reject_ledger_change();
+COMMENT ON TRIGGER disputes_no_truncate ON disputes IS 'The ledger settled each dispute; they are never truncated.';
+
 CREATE OR REPLACE TRIGGER commission_events_append_only
     BEFORE UPDATE OR DELETE ON commission_events
     FOR EACH ROW EXECUTE FUNCTION reject_ledger_change();

@@ -93,6 +93,9 @@ WITH ledger AS (
 ), per_payment AS (
     SELECT pay.id AS payment_id, pay.partner_id, pay.currency,
            e.amount AS earned,
+           e.partner_id = pay.partner_id AND pay.status IN ('verified', 'refunded')
+             AND e.payment_amount = pay.amount
+             AND e.amount = round(pay.amount * e.rate, pay.minor_units) AS earned_by_rule,
            coalesce(sum(c.amount) FILTER (WHERE c.kind = 'reversed'), 0)
              - coalesce(sum(c.amount) FILTER (WHERE c.kind = 'reinstated'), 0) AS reversed,
            coalesce(sum(c.amount) FILTER (WHERE c.kind = 'held'), 0)
@@ -100,11 +103,22 @@ WITH ledger AS (
            round(e.amount * least(pay.amount, pay.refunded_amount
                  + coalesce((SELECT sum(d.amount) FROM disputes d
                               WHERE d.payment_id = pay.id AND d.state IN ('funds_withdrawn', 'lost')), 0))
-                 / pay.amount, pay.minor_units) AS reversed_by_rule
+                 / pay.amount, pay.minor_units) AS reversed_by_rule,
+           coalesce((SELECT sum(d.amount) FROM disputes d
+                      WHERE d.payment_id = pay.id AND d.state = 'open'), 0) AS open_disputes,
+           least(pay.amount, pay.refunded_amount
+                 + coalesce((SELECT sum(d.amount) FROM disputes d
+                              WHERE d.payment_id = pay.id AND d.state IN ('funds_withdrawn', 'lost')), 0)) AS basis,
+           pay.amount, pay.minor_units
       FROM payments pay
       JOIN commissions e ON e.payment_id = pay.id AND e.kind = 'earned'
       LEFT JOIN commissions c ON c.payment_id = pay.id AND c.kind <> 'earned'
-     GROUP BY pay.id, e.amount
+     GROUP BY pay.id, e.amount, e.partner_id, e.payment_amount, e.rate
+), checked AS (
+    SELECT *,
+           least(round(earned * least(open_disputes, amount - basis) / amount, minor_units),
+                 earned - reversed_by_rule) AS held_by_rule
+      FROM per_payment
 )
 SELECT partner_id, currency,
        'balance differs from the sum of its ledger entries' AS problem,
@@ -117,11 +131,14 @@ SELECT partner_id, currency,
     OR balance_pending <> balance_earned - balance_reversed - balance_paid
 UNION ALL
 SELECT partner_id, currency,
-       format('payment %s: reversed %s and held %s of an earned %s (the rule reverses %s)',
-              payment_id, reversed, held, earned, reversed_by_rule),
+       CASE WHEN NOT earned_by_rule
+            THEN format('payment %s: its earned entry %s does not follow from the payment (partner, status, amount or rate)', payment_id, earned)
+            ELSE format('payment %s: reversed %s and held %s of an earned %s (the rules reverse %s and hold %s)',
+                        payment_id, reversed, held, earned, reversed_by_rule, held_by_rule)
+       END,
        payment_id, NULL, earned, NULL, reversed, NULL, held, NULL, NULL
-  FROM per_payment
- WHERE reversed < 0 OR reversed > earned OR held < 0 OR held > earned - reversed OR reversed <> reversed_by_rule
+  FROM checked
+ WHERE NOT earned_by_rule OR reversed <> reversed_by_rule OR held <> held_by_rule
 UNION ALL
 SELECT p.id, NULL,
        format('last_seq is %s but the event log holds %s events (max seq %s)', partner_last_seq(p.id), count(e.seq), max(e.seq)),

@@ -27,6 +27,12 @@
 -- Events about one provider reference take turns (a transaction-scoped
 -- advisory lock on the reference), so a refund racing its payment's first
 -- event either sees the payment or is seen by it: never neither.
+--
+-- Lock order, everywhere: the reference's advisory lock, then the payment's
+-- row, then parked webhook_events rows. The engine's trigger, which runs
+-- with the payment's row already locked, applies parked events without the
+-- advisory lock: every other transaction about that reference locks the
+-- payment's row before it decides anything, so it waits for this one.
 
 CREATE OR REPLACE FUNCTION provider_reference_lock(p_provider text, p_reference text)
 RETURNS void
@@ -65,16 +71,10 @@ $$;
 COMMENT ON FUNCTION record_rejected_webhook_event(text, text, text, jsonb, text) IS
     'Records an authenticated provider event that can never apply (outcome rejected, with its reason) and changes nothing else; a redelivery returns duplicate.';
 
-CREATE OR REPLACE FUNCTION dispute_state_rank(p_state text)
-RETURNS int
-LANGUAGE sql IMMUTABLE STRICT
-AS $$ SELECT CASE p_state WHEN 'open' THEN 1 WHEN 'funds_withdrawn' THEN 2 WHEN 'won' THEN 3 WHEN 'lost' THEN 3 END $$;
-COMMENT ON FUNCTION dispute_state_rank(text) IS
-    'Dispute states in the order they can happen: open 1, funds_withdrawn 2, won or lost 3 (final). A dispute moves only to a higher rank.';
-
 -- Applies one stored event and records its outcome on its row. Called for a
 -- new event by apply_webhook_event and for a parked one by the two functions
--- below; the row must be locked by the caller.
+-- below; the caller holds the reference's advisory lock (or the payment's
+-- row) and the event's row.
 CREATE OR REPLACE FUNCTION apply_stored_event(p_provider text, p_event_id text)
 RETURNS webhook_events
 LANGUAGE plpgsql
@@ -91,7 +91,6 @@ DECLARE
 BEGIN
     SELECT * INTO e FROM webhook_events w WHERE w.provider = p_provider AND w.event_id = p_event_id;
     IF e.reference IS NOT NULL THEN
-        PERFORM provider_reference_lock(e.provider, e.reference);
         SELECT * INTO v_payment FROM payments p
          WHERE p.provider = e.provider AND p.provider_reference = e.reference
            FOR UPDATE;
@@ -149,16 +148,20 @@ BEGIN
                     v_outcome := CASE WHEN FOUND THEN 'dispute_updated' ELSE 'unchanged' END;
                 END IF;
             ELSE
-                v_amount := CASE
-                    WHEN e.action = 'refund_cumulative' THEN greatest(v_payment.refunded_amount, v_amount)
-                    WHEN v_amount IS NULL THEN v_payment.amount           -- a refund that names no amount: the rest
-                    ELSE least(v_payment.amount, v_payment.refunded_amount + v_amount)
-                END;
-                v_changed := v_amount > v_payment.refunded_amount;
-                IF v_changed THEN
-                    UPDATE payments SET refunded_amount = v_amount WHERE id = v_payment.id;
+                IF e.amount_minor IS NULL THEN
+                    -- A refund must say how much: never guess "all of it".
+                    v_outcome := 'invalid_amount';
+                ELSE
+                    v_amount := CASE
+                        WHEN e.action = 'refund_cumulative' THEN greatest(v_payment.refunded_amount, v_amount)
+                        ELSE least(v_payment.amount, v_payment.refunded_amount + v_amount)
+                    END;
+                    v_changed := v_amount > v_payment.refunded_amount;
+                    IF v_changed THEN
+                        UPDATE payments SET refunded_amount = v_amount WHERE id = v_payment.id;
+                    END IF;
+                    v_outcome := CASE WHEN v_changed THEN 'refunded' ELSE 'unchanged' END;
                 END IF;
-                v_outcome := CASE WHEN v_changed THEN 'refunded' ELSE 'unchanged' END;
             END IF;
         END IF;
     ELSE
@@ -216,6 +219,9 @@ BEGIN
         RETURN QUERY SELECT 'duplicate'::text, NULL::bigint, NULL::text;
         RETURN;
     END IF;
+    IF p_reference IS NOT NULL THEN
+        PERFORM provider_reference_lock(p_provider, p_reference);
+    END IF;
     e := apply_stored_event(p_provider, p_event_id);
     RETURN QUERY SELECT e.outcome, e.payment_id, e.parked_reason;
 END
@@ -247,7 +253,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION apply_parked_events(text, text) IS
-    'Engine internals: applies the refunds and disputes parked for one provider reference (called when that payment is verified). Returns how many applied.';
+    'Engine internals: applies the refunds and disputes parked for one provider reference (called by the engine, with the payment''s row locked, when that payment is verified). Returns how many applied.';
 
 CREATE OR REPLACE FUNCTION reapply_parked_events(p_provider text DEFAULT NULL, p_event_id text DEFAULT NULL)
 RETURNS TABLE (provider text, event_id text, event_type text, outcome text, parked_reason text, payment_id bigint)
@@ -258,15 +264,20 @@ DECLARE
     e webhook_events;
 BEGIN
     FOR k IN
-        SELECT w.provider, w.event_id FROM webhook_events w
+        SELECT w.provider, w.event_id, w.reference FROM webhook_events w
          WHERE w.outcome = 'parked'
            AND (p_provider IS NULL OR w.provider = p_provider)
            AND (p_event_id IS NULL OR w.event_id = p_event_id)
          -- Payments first, so that their refunds and disputes find them.
          ORDER BY (w.action = 'verify') DESC, w.occurred_at NULLS LAST, w.received_at, w.event_id
     LOOP
-        -- Applying one event may already have applied others (a payment takes
-        -- its parked refunds with it): take each only while it is still parked.
+        -- In the lock order (reference, payment, event). Applying one event may
+        -- already have applied others (a payment takes its parked refunds with
+        -- it): take each only while it is still parked.
+        IF k.reference IS NOT NULL THEN
+            PERFORM provider_reference_lock(k.provider, k.reference);
+            PERFORM 1 FROM payments p WHERE p.provider = k.provider AND p.provider_reference = k.reference FOR UPDATE;
+        END IF;
         PERFORM 1 FROM webhook_events w
           WHERE w.provider = k.provider AND w.event_id = k.event_id AND w.outcome = 'parked'
             FOR UPDATE;

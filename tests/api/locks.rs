@@ -219,3 +219,118 @@ async fn admin_resume_is_gapless_with_concurrent_writers_and_cache_20_on_every_s
     }
     assert_eq!(app.count("SELECT count(*) FROM commission_audit").await, 0);
 }
+
+/// `apply_webhook_event` as the service calls it, from a plain session.
+const REFUND: &str = "SELECT outcome FROM apply_webhook_event('stripe', $1, 'charge.refunded', '{}', 'refund_cumulative', $2, $3, NULL, NULL, NULL, NULL, now())";
+const VERIFY: &str = "SELECT outcome FROM apply_webhook_event('stripe', $1, 'payment_intent.succeeded', '{}', 'verify', $2, 10000, 'usd', $3, NULL, NULL, now())";
+
+#[tokio::test]
+async fn an_operator_verification_and_a_webhook_on_the_same_payment_take_turns() {
+    let app = spawn_app().await;
+    let partner = create_partner(&app.db.pool, "Acme", None).await;
+    let payment: i64 = sqlx::query_scalar(
+        "INSERT INTO payments (amount, currency, partner_id, provider, provider_reference) VALUES (100, 'USD', $1, 'stripe', 'pi_X') RETURNING id",
+    )
+    .bind(partner)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    // A refund parked until the payment is verified.
+    let parked: String = app
+        .db
+        .connect()
+        .await
+        .query_one(REFUND, &[&"evt_r0", &"pi_X", &1000i64])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(parked, "parked");
+
+    // The operator holds the payment's row, then verifies; meanwhile a new
+    // refund webhook for the same payment arrives and waits for it.
+    let mut operator = app.db.connect().await;
+    let tx = operator.transaction().await.unwrap();
+    tx.execute(
+        "SELECT id FROM payments WHERE id = $1 FOR UPDATE",
+        &[&payment],
+    )
+    .await
+    .unwrap();
+    let webhook = {
+        let db = app.db.connect().await;
+        tokio::spawn(async move {
+            db.query_one(REFUND, &[&"evt_r1", &"pi_X", &3000i64])
+                .await
+                .map(|row| row.get::<_, String>(0))
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tx.execute("SELECT verify_payment($1)", &[&payment])
+        .await
+        .expect("no deadlock with the waiting webhook");
+    tx.commit().await.unwrap();
+    assert_eq!(
+        webhook
+            .await
+            .unwrap()
+            .expect("the webhook applies after it"),
+        "refunded"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM payments WHERE refunded_amount = 30")
+            .await,
+        1
+    );
+    assert_eq!(app.count("SELECT count(*) FROM commission_audit").await, 0);
+}
+
+#[tokio::test]
+async fn reapplying_parked_events_while_their_payment_arrives_does_not_deadlock() {
+    let app = spawn_app().await;
+    let partner = create_partner(&app.db.pool, "Acme", None).await;
+    let client = app.db.connect().await;
+    for (i, reference) in ["pi_A", "pi_B"].iter().enumerate() {
+        let id = format!("evt_r{i}");
+        client
+            .query_one(REFUND, &[&id, reference, &3000i64])
+            .await
+            .unwrap();
+    }
+    // The payment's first webhook holds the reference (as apply_webhook_event
+    // does) while an operator re-applies everything parked.
+    let mut webhook = app.db.connect().await;
+    let tx = webhook.transaction().await.unwrap();
+    tx.execute("SELECT provider_reference_lock('stripe', 'pi_A')", &[])
+        .await
+        .unwrap();
+    let reapply = {
+        let db = app.db.connect().await;
+        tokio::spawn(async move {
+            db.query("SELECT outcome FROM reapply_parked_events()", &[])
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| r.get::<_, String>(0))
+                        .collect::<Vec<_>>()
+                })
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let verified: String = tx
+        .query_one(VERIFY, &[&"evt_v", &"pi_A", &partner])
+        .await
+        .expect("no deadlock with the re-apply")
+        .get(0);
+    assert_eq!(verified, "verified");
+    tx.commit().await.unwrap();
+    let outcomes = reapply.await.unwrap().expect("the re-apply finishes");
+    // pi_A's refund went with its payment; pi_B's has no payment yet.
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    assert!(outcomes.contains(&"parked".to_owned()), "{outcomes:?}");
+    assert_eq!(
+        app.count("SELECT count(*) FROM payments WHERE refunded_amount = 30")
+            .await,
+        1
+    );
+    assert_eq!(app.count("SELECT count(*) FROM commission_audit").await, 0);
+}

@@ -811,3 +811,84 @@ async fn a_dba_refunds_in_part_and_in_full_in_sql() {
         ]
     );
 }
+
+#[tokio::test]
+async fn disputes_written_in_sql_follow_the_same_rules() {
+    let w = watched(None).await;
+    let client = w.app.db.connect().await;
+    // A dispute recorded before the payment is verified is settled when it is.
+    let payment = create_payment(&w.app.db.pool, "100.00", "USD", Some(w.partner)).await;
+    client
+        .execute(
+            "INSERT INTO disputes (provider, dispute_id, payment_id, amount, state) VALUES ('stripe', 'dp_sql', $1, 100, 'lost')",
+            &[&payment],
+        )
+        .await
+        .unwrap();
+    client
+        .execute("SELECT verify_payment($1)", &[&payment])
+        .await
+        .unwrap();
+    assert_eq!(
+        w.ledger_by_id(payment).await,
+        pairs(&[("earned", "2.00"), ("reversed", "2.00")])
+    );
+    // A dispute never moves backwards, never changes payment, is never deleted.
+    for sql in [
+        "UPDATE disputes SET state = 'open' WHERE dispute_id = 'dp_sql'",
+        "UPDATE disputes SET state = 'won' WHERE dispute_id = 'dp_sql'",
+        "UPDATE disputes SET payment_id = payment_id + 1 WHERE dispute_id = 'dp_sql'",
+        "DELETE FROM disputes WHERE dispute_id = 'dp_sql'",
+        "TRUNCATE disputes",
+    ] {
+        let error = client.batch_execute(sql).await.expect_err(sql);
+        let code = error.as_db_error().unwrap().code().code().to_owned();
+        assert!(
+            ["CM001", "CM003"].contains(&code.as_str()),
+            "{sql}: {error}"
+        );
+    }
+    // Nor is a ledger entry or an event typed by hand.
+    for sql in [
+        "INSERT INTO commissions (payment_id, partner_id, kind, amount, currency, rate, payment_amount, reason, minor_units) \
+         SELECT id, partner_id, 'reinstated', 2, currency, 0.02, amount, 'dispute', 2 FROM payments",
+        "INSERT INTO commission_events (position, partner_id, seq, type, data) SELECT 999, id, 999, 'commission.created', '{}' FROM partners",
+    ] {
+        let error = client.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(error.as_db_error().unwrap().code().code(), "CM003", "{sql}: {error}");
+    }
+    let got = w.check_streams().await;
+    assert_eq!(types(&got), ["commission.created", "commission.reversed"]);
+}
+
+#[tokio::test]
+async fn event_totals_match_the_api_after_a_currencys_minor_units_change() {
+    let w = watched(Some("0.2")).await;
+    let client = w.app.db.connect().await;
+    let yen = create_payment(&w.app.db.pool, "105", "JPY", Some(w.partner)).await;
+    client
+        .execute("SELECT verify_payment($1)", &[&yen])
+        .await
+        .unwrap();
+    client
+        .batch_execute("UPDATE currencies SET minor_units = 2 WHERE code = 'JPY'")
+        .await
+        .unwrap();
+    let cents = create_payment(&w.app.db.pool, "100.55", "JPY", Some(w.partner)).await;
+    client
+        .execute("SELECT verify_payment($1)", &[&cents])
+        .await
+        .unwrap();
+    client
+        .execute("SELECT refund_payment($1, 50)", &[&yen])
+        .await
+        .unwrap();
+    let totals = w.totals().await;
+    let got = w.check_streams().await;
+    assert_eq!(
+        got.last().unwrap()["data"]["totals"],
+        totals,
+        "the socket and the API agree"
+    );
+    assert_eq!(totals["JPY"]["earned"], "41.11");
+}

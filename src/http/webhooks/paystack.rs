@@ -52,7 +52,7 @@ impl Provider for Paystack {
             .ok_or_else(|| Error::BadRequest("the event has no event type".into()))?
             .to_owned();
         let data = &event["data"];
-        let (key, action) = read(&event_type, data);
+        let (key, action) = read(&event_type, data)?;
         let key = match key {
             Some(key) => key,
             None => format!("sha256:{}", hex::encode(Sha256::digest(body))),
@@ -86,8 +86,9 @@ pub async fn receive(
     super::receive::<Paystack>(state, headers, body).await
 }
 
-/// The event's key (what makes its id unique) and its action.
-fn read(event_type: &str, data: &Value) -> (Option<String>, Action) {
+/// The event's key (what makes its id unique) and its action, or why it can
+/// never apply (the event is then recorded as rejected).
+fn read(event_type: &str, data: &Value) -> Result<(Option<String>, Action)> {
     let reference = text(&data["reference"]).map(str::to_owned);
     match event_type {
         "charge.success" => {
@@ -104,7 +105,7 @@ fn read(event_type: &str, data: &Value) -> (Option<String>, Action) {
                 },
                 _ => Action::Other,
             };
-            (reference, action)
+            Ok((reference, action))
         }
         "refund.processed" => {
             let transaction = text(&data["transaction_reference"]).or(reference.as_deref());
@@ -113,19 +114,24 @@ fn read(event_type: &str, data: &Value) -> (Option<String>, Action) {
                 .or_else(|| data["id"].as_i64().map(|id| id.to_string()))
                 .or_else(|| text(&data["refund_reference"]).map(str::to_owned));
             match (transaction, refund) {
-                (Some(transaction), Some(refund)) => (
+                (Some(transaction), Some(refund)) => Ok((
                     Some(refund),
                     Action::Refunded {
                         reference: transaction.to_owned(),
+                        // An amount we cannot read is invalid_amount, never "all of it".
                         refund: Refund::Single {
                             amount_minor: minor_units(&data["amount"]),
                         },
                     },
-                ),
+                )),
                 // Without its own id a refund cannot be told from another
-                // refund of the same transaction: recorded, not applied.
-                (transaction, None) => (transaction.map(str::to_owned), Action::Other),
-                (None, refund) => (refund, Action::Other),
+                // refund of the same transaction.
+                (_, None) => Err(Error::BadRequest(
+                    "refund.processed names no refund id or refund_reference, so it cannot be counted exactly once".into(),
+                )),
+                (None, _) => Err(Error::BadRequest(
+                    "refund.processed names no transaction_reference".into(),
+                )),
             }
         }
         "charge.dispute.create" | "charge.dispute.remind" | "charge.dispute.resolve" => {
@@ -136,17 +142,22 @@ fn read(event_type: &str, data: &Value) -> (Option<String>, Action) {
                 .or_else(|| text(&data["transaction_reference"]));
             let stage = match (event_type, data["resolution"].as_str()) {
                 ("charge.dispute.resolve", Some("merchant-accepted" | "auto-accepted")) => {
-                    Some(DisputeStage::Lost)
+                    DisputeStage::Lost
                 }
-                ("charge.dispute.resolve", Some("declined")) => Some(DisputeStage::Won),
-                ("charge.dispute.resolve", _) => None,
-                _ => Some(DisputeStage::Open),
+                ("charge.dispute.resolve", Some("declined")) => DisputeStage::Won,
+                // Ignoring it would hold the commission for good: recorded for an operator.
+                ("charge.dispute.resolve", resolution) => {
+                    return Err(Error::BadRequest(format!(
+                        "charge.dispute.resolve with resolution {resolution:?} is not one we know (merchant-accepted, auto-accepted, declined)"
+                    )))
+                }
+                _ => DisputeStage::Open,
             };
             let amount_minor = minor_units(&data["refund_amount"])
                 .filter(|a| *a > 0)
                 .or_else(|| minor_units(&data["transaction"]["amount"]));
-            match (dispute_id, transaction, stage) {
-                (Some(dispute_id), Some(transaction), Some(stage)) => (
+            match (dispute_id, transaction) {
+                (Some(dispute_id), Some(transaction)) => Ok((
                     Some(dispute_id.clone()),
                     Action::Dispute {
                         reference: transaction.to_owned(),
@@ -154,11 +165,13 @@ fn read(event_type: &str, data: &Value) -> (Option<String>, Action) {
                         amount_minor,
                         stage,
                     },
-                ),
-                (dispute_id, _, _) => (dispute_id, Action::Other),
+                )),
+                _ => Err(Error::BadRequest(format!(
+                    "{event_type} names no dispute id or no transaction reference"
+                ))),
             }
         }
-        _ => (reference, Action::Other),
+        _ => Ok((reference, Action::Other)),
     }
 }
 
