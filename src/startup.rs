@@ -43,7 +43,9 @@ impl Application {
             config.database.database_url.expose(),
             db.clone(),
             config.realtime.clone(),
-        );
+        )
+        .await
+        .context("cannot read the head of the event log")?;
         let state = AppState {
             db,
             config: Arc::new(config),

@@ -3,19 +3,21 @@
 //! A [`PartnerRoom`] holds the sockets of one partner (and admins watching
 //! that partner); the [`AdminRoom`] holds the admin sockets that watch every
 //! partner. How events reach the rooms depends on the node's [`ListenMode`]:
-//! - `partner`: `commissions_partner_<id>` goes only to that partner's room
-//!   and `commissions_admin` only to the admin room;
-//! - `firehose`: only `commissions_admin` is listened, and each event goes to
-//!   the admin room and to the room of the payload's `partner_id`.
+//! - `partner`: the node LISTENs on `commissions_partner_<id>` for each
+//!   partner room and on `commissions_admin` for the admin room;
+//! - `firehose`: only on `commissions_admin`.
 //!
-//! Either way no socket receives an event of a partner it may not see.
+//! Either way a notification only wakes the feed (src/realtime/feed.rs),
+//! which reads the events from the log; each goes to the admin room and to
+//! the room of its `partner_id` as the log has it. No socket receives an
+//! event of a partner it may not see, nor one the engine did not write.
 //!
-//! A room exists exactly while it has a member. In `partner` mode the LISTEN
-//! connection is told to LISTEN when a room appears and UNLISTEN when it
-//! empties; in `firehose` mode, when the first room appears and the last one
-//! empties. Those commands are sent while the hub's lock is held, so the
-//! listener sees them in the same order as the membership changes that
-//! caused them.
+//! A room exists exactly while it has a member. The admin channel is
+//! listened always (it keeps the feed's cursor current); in `partner` mode
+//! the LISTEN connection is also told to LISTEN when a partner room appears
+//! and UNLISTEN when it empties. Those commands are sent while the hub's
+//! lock is held, so the listener sees them in the same order as the
+//! membership changes that caused them.
 //!
 //! Delivery never blocks: each member has a bounded inbox, and a member whose
 //! inbox is full is too slow. It is taken out of its room at once and told
@@ -27,7 +29,6 @@ use std::{
 };
 
 use axum::extract::ws::Utf8Bytes;
-use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -54,8 +55,8 @@ impl RoomKey {
     }
 }
 
-/// One committed event as it arrived by NOTIFY: its coordinates and the wire
-/// text, shared by every socket that forwards it (never copied per socket).
+/// One committed event as the feed read it from the log: its coordinates and
+/// the wire text, shared by every socket that forwards it (never copied per socket).
 #[derive(Debug)]
 pub struct LiveEvent {
     pub partner_id: i64,
@@ -104,11 +105,6 @@ impl Rooms {
             RoomKey::Admin => Some(&mut self.admin.members),
         }
     }
-
-    /// Rooms with at least one member (an empty partner room is removed at once).
-    fn occupied(&self) -> usize {
-        self.partners.len() + usize::from(!self.admin.members.is_empty())
-    }
 }
 
 pub struct Hub {
@@ -131,14 +127,6 @@ impl Drop for Membership {
     }
 }
 
-/// The coordinates of an event payload; the rest of the JSON is forwarded untouched.
-#[derive(Deserialize)]
-struct Coordinates {
-    partner_id: i64,
-    seq: i64,
-    position: i64,
-}
-
 impl Hub {
     pub fn new(mode: ListenMode, listener: mpsc::UnboundedSender<Command>) -> Self {
         Self {
@@ -149,28 +137,28 @@ impl Hub {
     }
 
     /// The channel to LISTEN on (or UNLISTEN from) now that `key`'s room has
-    /// just opened (or closed), leaving `rooms` with `occupied` rooms. In
-    /// partner mode that is the room's own channel; in firehose mode the one
-    /// channel, and only when the first room opens or the last one closes.
-    fn switched_channel(&self, rooms: &Rooms, key: RoomKey, occupied: usize) -> Option<String> {
-        match self.mode {
-            ListenMode::Partner => Some(key.channel()),
-            ListenMode::Firehose => {
-                (rooms.occupied() == occupied).then(|| ADMIN_CHANNEL.to_owned())
-            }
+    /// just opened (or closed). The admin channel is listened always, rooms or
+    /// not: it wakes the feed on every commit, so the feed's cursor never
+    /// falls behind while no room is open (a room opening later would
+    /// otherwise be handed every event committed since). In partner mode a
+    /// partner room's own channel comes and goes with it.
+    fn switched_channel(&self, key: RoomKey) -> Option<String> {
+        match (self.mode, key) {
+            (ListenMode::Partner, RoomKey::Partner(_)) => Some(key.channel()),
+            _ => None,
         }
     }
 
     /// A room just got its first member: LISTEN on what it needs.
-    fn room_opened(&self, rooms: &Rooms, key: RoomKey) {
-        if let Some(channel) = self.switched_channel(rooms, key, 1) {
+    fn room_opened(&self, key: RoomKey) {
+        if let Some(channel) = self.switched_channel(key) {
             let _ = self.listener.send(Command::Listen(channel));
         }
     }
 
     /// A room just lost its last member: UNLISTEN what nobody needs any more.
-    fn room_closed(&self, rooms: &Rooms, key: RoomKey) {
-        if let Some(channel) = self.switched_channel(rooms, key, 0) {
+    fn room_closed(&self, key: RoomKey) {
+        if let Some(channel) = self.switched_channel(key) {
             let _ = self.listener.send(Command::Unlisten(channel));
         }
     }
@@ -202,7 +190,7 @@ impl Hub {
         let first = members.is_empty();
         members.insert(id, Member { inbox });
         if first {
-            self.room_opened(&rooms, key);
+            self.room_opened(key);
         }
         // Queued behind the LISTEN (ours or the one a previous member caused).
         let _ = self.listener.send(Command::Confirm(confirmed));
@@ -233,67 +221,37 @@ impl Hub {
         if let RoomKey::Partner(partner) = key {
             rooms.partners.remove(&partner);
         }
-        self.room_closed(rooms, key);
+        self.room_closed(key);
     }
 
-    /// The channels the rooms need right now, read under the lock, for the
-    /// listener to LISTEN on after it reconnects.
+    /// The channels to LISTEN on right now, read under the lock, for the
+    /// listener to LISTEN on when it (re)connects: the admin channel always,
+    /// and in partner mode each partner room's.
     pub fn channels(&self) -> Vec<String> {
         let rooms = self.rooms();
-        if self.mode == ListenMode::Firehose {
-            return (rooms.occupied() > 0)
-                .then(|| ADMIN_CHANNEL.to_owned())
-                .into_iter()
-                .collect();
-        }
-        let admin = (!rooms.admin.members.is_empty()).then_some(RoomKey::Admin);
-        rooms
-            .partners
-            .keys()
-            .map(|&id| RoomKey::Partner(id))
-            .chain(admin)
-            .map(RoomKey::channel)
+        let partners: Vec<String> = match self.mode {
+            ListenMode::Firehose => Vec::new(),
+            ListenMode::Partner => rooms
+                .partners
+                .keys()
+                .map(|&id| RoomKey::Partner(id).channel())
+                .collect(),
+        };
+        partners
+            .into_iter()
+            .chain([ADMIN_CHANNEL.to_owned()])
             .collect()
     }
 
-    /// Routes one notification to the room of the channel it came on, and
-    /// (firehose) an admin-channel event also to its partner's room.
-    pub fn dispatch(&self, channel: &str, payload: &str) {
-        let key = if channel == ADMIN_CHANNEL {
-            RoomKey::Admin
-        } else if let Some(Ok(id)) = channel
-            .strip_prefix(PARTNER_CHANNEL_PREFIX)
-            .filter(|_| self.mode == ListenMode::Partner)
-            .map(str::parse)
-        {
-            RoomKey::Partner(id)
-        } else {
-            return;
-        };
-        let Ok(at) = serde_json::from_str::<Coordinates>(payload) else {
-            tracing::warn!(channel, "ignoring a notification that is not an event");
-            return;
-        };
-        if matches!(key, RoomKey::Partner(id) if id != at.partner_id) {
-            tracing::warn!(
-                channel,
-                partner_id = at.partner_id,
-                "ignoring an event sent on another partner's channel"
-            );
-            return;
-        }
-        let event = Arc::new(LiveEvent {
-            partner_id: at.partner_id,
-            seq: at.seq,
-            position: at.position,
-            text: Utf8Bytes::from(payload.to_owned()),
-        });
-        let notice = Notice::Event(event);
+    /// Hands one event read from the log (src/realtime/feed.rs) to the admin
+    /// room and to its partner's room, whatever the listen mode: which
+    /// channels woke the feed does not decide who may see an event, its
+    /// `partner_id` in the log does.
+    pub fn deliver(&self, event: Arc<LiveEvent>) {
+        let notice = Notice::Event(event.clone());
         let mut rooms = self.rooms();
-        self.deliver(&mut rooms, key, &notice);
-        if self.mode == ListenMode::Firehose && key == RoomKey::Admin {
-            self.deliver(&mut rooms, RoomKey::Partner(at.partner_id), &notice);
-        }
+        self.deliver_notice(&mut rooms, RoomKey::Admin, &notice);
+        self.deliver_notice(&mut rooms, RoomKey::Partner(event.partner_id), &notice);
     }
 
     /// Tells every socket to read what it may have missed from the log.
@@ -308,11 +266,11 @@ impl Hub {
                 .collect()
         };
         for key in keys {
-            self.deliver(&mut self.rooms(), key, &Notice::Resync);
+            self.deliver_notice(&mut self.rooms(), key, &Notice::Resync);
         }
     }
 
-    fn deliver(&self, rooms: &mut Rooms, key: RoomKey, notice: &Notice) {
+    fn deliver_notice(&self, rooms: &mut Rooms, key: RoomKey, notice: &Notice) {
         let Some(members) = rooms.members_mut(key) else {
             return;
         };
@@ -378,6 +336,15 @@ mod tests {
         )
     }
 
+    fn live(partner_id: i64, seq: i64, position: i64) -> Arc<LiveEvent> {
+        Arc::new(LiveEvent {
+            partner_id,
+            seq,
+            position,
+            text: Utf8Bytes::from(event(partner_id, seq, position)),
+        })
+    }
+
     #[test]
     fn a_channel_is_listened_while_its_room_has_a_member() {
         let (hub, mut commands) = hub();
@@ -390,7 +357,6 @@ mod tests {
                 "LISTEN commissions_partner_7",
                 "confirm",
                 "confirm",
-                "LISTEN commissions_admin",
                 "confirm"
             ]
         );
@@ -401,29 +367,18 @@ mod tests {
         assert!(sql(&mut commands).is_empty(), "one tab is still open");
         drop(tab2);
         drop(admin);
-        assert_eq!(
-            sql(&mut commands),
-            [
-                "UNLISTEN commissions_partner_7",
-                "UNLISTEN commissions_admin"
-            ]
-        );
-        assert!(hub.channels().is_empty());
+        assert_eq!(sql(&mut commands), ["UNLISTEN commissions_partner_7"]);
+        assert_eq!(hub.channels(), ["commissions_admin"], "always listened");
         assert_eq!(hub.socket_count(), 0);
     }
 
     #[test]
-    fn an_event_reaches_only_the_room_of_its_channel() {
+    fn an_event_reaches_the_admin_room_and_its_partners_room_only() {
         let (hub, _commands) = hub();
         let (_a, acme) = seat(&hub, RoomKey::Partner(7), 4);
         let (_g, globex) = seat(&hub, RoomKey::Partner(8), 4);
         let (_x, admin) = seat(&hub, RoomKey::Admin, 4);
-        hub.dispatch("commissions_partner_7", &event(7, 1, 10));
-        hub.dispatch("commissions_admin", &event(7, 1, 10));
-        // Forged or foreign payloads are dropped, not routed.
-        hub.dispatch("commissions_partner_8", &event(7, 2, 11));
-        hub.dispatch("commissions_partner_8", "not json");
-        hub.dispatch("other_channel", &event(8, 1, 12));
+        hub.deliver(live(7, 1, 10));
         let Some(Notice::Event(got)) = acme.try_recv() else {
             panic!("acme gets its event")
         };
@@ -442,7 +397,7 @@ mod tests {
         let (_fast_seat, fast) = seat(&hub, RoomKey::Partner(7), 8);
         sql(&mut commands);
         for seq in 1..=3 {
-            hub.dispatch("commissions_partner_7", &event(7, seq, seq));
+            hub.deliver(live(7, seq, seq));
             assert!(matches!(fast.try_recv(), Some(Notice::Event(e)) if e.seq == seq));
         }
         assert_eq!(hub.socket_count(), 1, "the slow member left the room");
@@ -455,33 +410,30 @@ mod tests {
     }
 
     #[test]
-    fn a_firehose_node_listens_on_one_channel_and_routes_by_partner_id() {
+    fn a_firehose_node_listens_on_one_channel() {
         let (hub, mut commands) = hub_in(ListenMode::Firehose);
         let (acme_seat, acme) = seat(&hub, RoomKey::Partner(7), 4);
         let (globex_seat, globex) = seat(&hub, RoomKey::Partner(8), 4);
         let (admin_seat, admin) = seat(&hub, RoomKey::Admin, 4);
-        assert_eq!(
-            sql(&mut commands),
-            ["LISTEN commissions_admin", "confirm", "confirm", "confirm"]
-        );
+        assert_eq!(sql(&mut commands), ["confirm", "confirm", "confirm"]);
         assert_eq!(hub.channels(), ["commissions_admin"]);
 
-        hub.dispatch("commissions_admin", &event(7, 1, 10));
+        hub.deliver(live(7, 1, 10));
         assert!(matches!(acme.try_recv(), Some(Notice::Event(e)) if e.seq == 1));
         assert!(matches!(admin.try_recv(), Some(Notice::Event(e)) if e.position == 10));
         assert!(globex.try_recv().is_none(), "globex sees nothing of acme");
-        // A partner channel is not this mode's: nothing is routed from it.
-        hub.dispatch("commissions_partner_8", &event(8, 1, 11));
-        assert!(globex.try_recv().is_none());
 
         drop(acme_seat);
         drop(admin_seat);
         assert!(
             sql(&mut commands).is_empty(),
-            "globex still needs the channel"
+            "nothing to switch: the admin channel is always listened"
         );
         drop(globex_seat);
-        assert_eq!(sql(&mut commands), ["UNLISTEN commissions_admin"]);
-        assert!(hub.channels().is_empty());
+        assert!(
+            sql(&mut commands).is_empty(),
+            "the admin channel stays listened"
+        );
+        assert_eq!(hub.channels(), ["commissions_admin"]);
     }
 }

@@ -2,9 +2,10 @@
 //! `commissions:listener`, TCP keepalives on, so a dead peer is noticed even
 //! when no event flows).
 //!
-//! It LISTENs on the channels the hub asks for: `commissions_admin` alone in
-//! the firehose mode, or `commissions_partner_<id>` per partner room (and
-//! `commissions_admin` for the admin room) in the partner mode. The hub
+//! It LISTENs on the channels the hub asks for: `commissions_admin` always,
+//! and `commissions_partner_<id>` per partner room in the partner mode. A
+//! notification's payload is never used: it only wakes the feed
+//! (src/realtime/feed.rs), which reads the events from the log. The hub
 //! sends [`Command`]s in the order its rooms change; they are executed in
 //! that order (batched), so the last command for a channel always wins.
 //! A [`Command::Confirm`] is answered only once everything queued before it
@@ -31,7 +32,7 @@ use futures::{stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::hub::Hub;
+use super::{feed::Wake, hub::Hub};
 
 pub const LISTENER_APPLICATION_NAME: &str = "commissions:listener";
 pub const ADMIN_CHANNEL: &str = "commissions_admin";
@@ -66,6 +67,7 @@ impl Command {
 pub async fn run(
     database_url: String,
     hub: Arc<Hub>,
+    feed: Wake,
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -93,7 +95,7 @@ pub async fn run(
         if *shutdown.borrow() {
             return;
         }
-        let session = connect(&config, hub.clone()).await;
+        let session = connect(&config, feed.clone()).await;
         let (client, mut lost, live) = match session {
             Ok(session) => session,
             Err(e) => {
@@ -123,6 +125,8 @@ pub async fn run(
             tracing::info!("the LISTEN connection is back; sockets catch up from the event log");
             hub.resync();
         }
+        // Whatever committed while nothing was listening is read now.
+        feed.wake();
         // Only now may notifications of this connection reach the sockets:
         // each inbox then holds the Resync before any of them (see `connect`).
         live.store(true, Ordering::Release);
@@ -152,8 +156,8 @@ pub async fn run(
     }
 }
 
-/// Connects and spawns the task that drives the connection, handing every
-/// notification to the hub once the returned flag is set. The receiver
+/// Connects and spawns the task that drives the connection, waking the feed
+/// on every notification once the returned flag is set. The receiver
 /// resolves when the connection ends.
 ///
 /// Notifications that arrive before the flag is set are dropped, and that
@@ -164,7 +168,7 @@ pub async fn run(
 /// jump past the events missed while disconnected, which no gap reveals.
 async fn connect(
     config: &tokio_postgres::Config,
-    hub: Arc<Hub>,
+    feed: Wake,
 ) -> Result<
     (
         tokio_postgres::Client,
@@ -181,8 +185,10 @@ async fn connect(
         let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
-                Ok(AsyncMessage::Notification(n)) if dispatching.load(Ordering::Acquire) => {
-                    hub.dispatch(n.channel(), n.payload())
+                // The payload is not trusted (any login may NOTIFY): it only
+                // wakes the feed, which reads the events from the log.
+                Ok(AsyncMessage::Notification(_)) if dispatching.load(Ordering::Acquire) => {
+                    feed.wake()
                 }
                 Ok(_) => {}
                 Err(e) => {

@@ -2,9 +2,12 @@
 //! socket allowed to see it, exactly once and in order.
 //!
 //! How it fits together:
-//! - [`listener`]: one LISTEN connection per node; LISTENs only on the
-//!   channels the rooms need (the admin channel alone in the default firehose
-//!   mode); reconnects and triggers a resync when it drops.
+//! - [`listener`]: one LISTEN connection per node, always on the admin
+//!   channel (and per partner room in the partner mode); a notification
+//!   only wakes the feed. Reconnects and triggers a resync when it drops.
+//! - [`feed`]: reads every event after its cursor from the log on each
+//!   wake-up and hands it to the hub. NOTIFY payloads are never forwarded:
+//!   any login may NOTIFY, only the engine writes the log.
 //! - [`hub`]: the rooms (one per partner, one for admins) and the routing of
 //!   each notification to its room's sockets only.
 //! - [`socket`]: `GET /notifications`, the handshake checks and the task that
@@ -35,6 +38,7 @@
 //!   back short and no newer live event has arrived, so its inbox never has
 //!   to buffer a long replay.
 
+pub mod feed;
 pub mod hub;
 pub mod inbox;
 pub mod listener;
@@ -83,20 +87,39 @@ struct HandshakeWindow {
 
 impl Relay {
     /// Starts the node's LISTEN connection. Sockets come later, through [`socket`].
-    pub fn start(database_url: &str, db: sqlx::PgPool, config: RealtimeConfig) -> Self {
+    /// Starts the LISTEN connection and the feed. The feed's cursor is the
+    /// log's head, read here, before the node serves any socket: every event
+    /// committed after it reaches the rooms, and every socket replays what
+    /// came before its own `ready` from the log.
+    pub async fn start(
+        database_url: &str,
+        db: sqlx::PgPool,
+        config: RealtimeConfig,
+    ) -> Result<Self, sqlx::Error> {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub::new(config.listen_mode, commands));
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let log = EventLog::new(db.clone());
+        let wake = feed::Wake::default();
+        let cursor = feed::start_position(&log).await?;
+        tokio::spawn(feed::run(
+            log.clone(),
+            hub.clone(),
+            wake.clone(),
+            cursor,
+            shutdown_rx.clone(),
+        ));
         tokio::spawn(listener::run(
             database_url.to_owned(),
             hub.clone(),
+            wake,
             commands_rx,
             shutdown_rx,
         ));
-        Self {
+        Ok(Self {
             inner: Arc::new(Inner {
                 hub,
-                log: EventLog::new(db.clone()),
+                log,
                 db,
                 config,
                 shutdown,
@@ -108,7 +131,7 @@ impl Relay {
                 open: AtomicUsize::new(0),
                 all_closed: Notify::new(),
             }),
-        }
+        })
     }
 
     /// Closes every socket with 1001 (going away), stops the listener, and

@@ -829,3 +829,46 @@ async fn a_payment_verified_through_node_b_reaches_a_socket_on_node_a() {
     assert_eq!(got[0]["data"]["payment_id"], payment);
     assert_eq!(got[0]["data"]["amount"], "5.00");
 }
+
+#[tokio::test]
+async fn a_forged_notify_reaches_no_socket_and_moves_no_cursor() {
+    let app = spawn_app().await;
+    let node_b = spawn_node(&app.db.url, per_partner).await;
+    let acme = create_partner(&app.db.pool, "Acme", None).await;
+    let mut sockets = Vec::new();
+    for address in [app.address, node_b.address] {
+        sockets.push(
+            open(address, &format!("token={}", partner_token(acme)))
+                .await
+                .0,
+        );
+        sockets.push(open(address, &format!("token={}", admin_token())).await.0);
+    }
+    // Any login may NOTIFY: a fake commission for Acme, and an admin cursor of 9e9.
+    let forged = format!(
+        r#"{{"type":"commission.created","position":9000000000,"partner_id":{acme},"seq":1,"occurred_at":"2026-01-01T00:00:00.000000Z","data":{{"amount":"1000000.00","currency":"NGN"}}}}"#
+    );
+    let intruder = app.db.connect().await;
+    for channel in [
+        "commissions_admin".to_owned(),
+        format!("commissions_partner_{acme}"),
+    ] {
+        intruder
+            .execute("SELECT pg_notify($1, $2)", &[&channel, &forged])
+            .await
+            .unwrap();
+    }
+    // Then a real commission: it is the first thing every socket gets, with
+    // the real seq and position (a socket that took the forged position as
+    // its cursor would drop it).
+    commit_commissions(&app.db.pool, acme, 1).await;
+    for ws in &mut sockets {
+        let got = events(ws, 1).await;
+        assert_eq!(got[0]["seq"], 1);
+        assert_eq!(got[0]["position"], 1);
+        assert_eq!(
+            got[0]["data"]["amount"], "2.00",
+            "the engine's event, not the forged one"
+        );
+    }
+}
