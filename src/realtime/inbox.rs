@@ -4,6 +4,14 @@
 //! Bounded, and it never blocks the hub: a push into a full inbox fails, and
 //! the hub then drops the member as too slow and sets [`Inbox::kicked`].
 //!
+//! While its socket replays from the log (opening, or repairing a gap), the
+//! inbox queues nothing: it only notes that something arrived. Whatever
+//! arrives then is committed, hence in the log the replay is reading, so a
+//! socket that joins during a burst, or replays a long backlog to a slow
+//! reader, cannot overflow on events it is about to read anyway. Ending the
+//! replay says whether anything arrived meanwhile (then read once more);
+//! both sides do this under the queue's lock, so nothing slips between.
+//!
 //! Why not a tokio `mpsc` channel: at tens of thousands of idle sockets the
 //! inbox is a large part of a socket's memory. A bounded channel allocates
 //! its shared state (cache-padded) and a first block of slots up front,
@@ -24,7 +32,7 @@ use super::hub::Notice;
 const KEEP_SLOTS: usize = 16;
 
 pub struct Inbox {
-    queue: Mutex<VecDeque<Notice>>,
+    queue: Mutex<Queue>,
     capacity: usize,
     /// Holds a permit after every push, so a notice pushed while the socket
     /// is busy elsewhere is not missed.
@@ -33,17 +41,26 @@ pub struct Inbox {
     pub kicked: Notify,
 }
 
+#[derive(Default)]
+struct Queue {
+    notices: VecDeque<Notice>,
+    /// The socket is reading the log: note arrivals instead of queueing them.
+    replaying: bool,
+    /// Something arrived while replaying.
+    missed: bool,
+}
+
 impl Inbox {
     pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             capacity: capacity.max(1),
             arrived: Notify::new(),
             kicked: Notify::new(),
         })
     }
 
-    fn queue(&self) -> MutexGuard<'_, VecDeque<Notice>> {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
         // Every change is a single push or pop, so a poisoned queue is still consistent.
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -52,10 +69,14 @@ impl Inbox {
     pub fn push(&self, notice: Notice) -> bool {
         {
             let mut queue = self.queue();
-            if queue.len() >= self.capacity {
+            if queue.replaying {
+                queue.missed = true;
+                return true;
+            }
+            if queue.notices.len() >= self.capacity {
                 return false;
             }
-            queue.push_back(notice);
+            queue.notices.push_back(notice);
         }
         self.arrived.notify_one();
         true
@@ -63,11 +84,33 @@ impl Inbox {
 
     pub fn try_recv(&self) -> Option<Notice> {
         let mut queue = self.queue();
-        let notice = queue.pop_front();
-        if queue.is_empty() && queue.capacity() > KEEP_SLOTS {
-            queue.shrink_to(KEEP_SLOTS);
+        let notice = queue.notices.pop_front();
+        if queue.notices.is_empty() && queue.notices.capacity() > KEEP_SLOTS {
+            queue.notices.shrink_to(KEEP_SLOTS);
         }
         notice
+    }
+
+    /// The socket starts reading the log after its cursor: what is queued is
+    /// dropped (it is in the log too) and arrivals are only noted from now on.
+    pub fn begin_replay(&self) {
+        let mut queue = self.queue();
+        queue.notices.clear();
+        queue.notices.shrink_to(KEEP_SLOTS);
+        queue.replaying = true;
+        queue.missed = false;
+    }
+
+    /// The socket's last read of the log came back short. True if something
+    /// arrived meanwhile: the replay goes on (read again). False: the socket
+    /// is live, and arrivals are queued again.
+    pub fn end_replay(&self) -> bool {
+        let mut queue = self.queue();
+        if std::mem::take(&mut queue.missed) {
+            return true;
+        }
+        queue.replaying = false;
+        false
     }
 
     /// The next notice. Cancel-safe: a notice is taken only by the poll that returns it.
@@ -96,6 +139,22 @@ mod tests {
         assert!(inbox.try_recv().is_some());
         assert!(inbox.try_recv().is_some());
         assert!(inbox.try_recv().is_none());
+    }
+
+    #[test]
+    fn a_replaying_inbox_notes_arrivals_instead_of_queueing_them() {
+        let inbox = Inbox::new(1);
+        inbox.push(Notice::Resync);
+        inbox.begin_replay();
+        assert!(inbox.try_recv().is_none(), "what was queued is in the log");
+        for _ in 0..10 {
+            assert!(inbox.push(Notice::Resync), "never full while replaying");
+        }
+        assert!(inbox.try_recv().is_none());
+        assert!(inbox.end_replay(), "something arrived: read again");
+        assert!(!inbox.end_replay(), "nothing since: live");
+        assert!(inbox.push(Notice::Resync));
+        assert!(!inbox.push(Notice::Resync), "live again: bounded");
     }
 
     #[tokio::test]

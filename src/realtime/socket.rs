@@ -287,6 +287,9 @@ impl Session {
         } = self;
         let config = &relay.inner.config;
         let inbox = Inbox::new(config.ws_send_queue);
+        // Until `ready` and its replay are out, arrivals are read from the
+        // log rather than queued.
+        inbox.begin_replay();
         let (membership, confirmed) = relay.inner.hub.join(room, inbox.clone());
         let now = Instant::now();
         let mut stream = Stream {
@@ -395,7 +398,9 @@ impl Stream {
         // A cursor beyond the head (a client of another database?) resumes from the head.
         self.last = since.map_or(head, |since| since.min(head));
         self.send(Message::Text(ready.into())).await?;
-        if replay > 0 {
+        // The inbox has been replaying since before the join (see `run`):
+        // if anything arrived since, it is read from the log here too.
+        if replay > 0 || self.inbox.end_replay() {
             self.catch_up(head).await?;
         }
         Ok(())
@@ -460,12 +465,15 @@ impl Stream {
         Ok(())
     }
 
-    /// Reads the log after the cursor until a read comes back short and the
-    /// cursor has reached `want` and every live event that arrived meanwhile.
-    /// Live events met here are not kept: being committed, they are in the log.
-    async fn catch_up(&mut self, mut want: i64) -> Result<(), End> {
+    /// Reads the log after the cursor until a read comes back short, the
+    /// cursor has reached `want`, and nothing arrived meanwhile. While it
+    /// reads, the inbox queues nothing (src/realtime/inbox.rs): what arrives
+    /// is committed, hence in the log, and only makes it read once more.
+    async fn catch_up(&mut self, want: i64) -> Result<(), End> {
+        self.inbox.begin_replay();
         let mut empty_reads = 0;
         loop {
+            self.replay_timers().await?;
             let page = match self.room {
                 RoomKey::Partner(partner_id) => {
                     self.log
@@ -475,44 +483,40 @@ impl Stream {
                 RoomKey::Admin => self.log.all_since(self.last, REPLAY_PAGE).await,
             }
             .map_err(internal)?;
-            let mut more = page.len() as i64 == REPLAY_PAGE;
+            let full = page.len() as i64 == REPLAY_PAGE;
             let empty = page.is_empty();
             for event in page {
                 let at = self.coordinate(event.seq, event.position);
                 if at > self.last {
-                    self.feed(Message::Text(Utf8Bytes::from(event.json)))
+                    let message = Message::Text(Utf8Bytes::from(event.json));
+                    self.replay_write(|socket| Box::pin(socket.feed(message)))
                         .await?;
                     self.last = at;
                     metrics::counter!("realtime_events_replayed_total").increment(1);
                 }
             }
-            self.flush().await?;
-            while let Some(notice) = self.inbox.try_recv() {
-                match notice {
-                    Notice::Event(event) => {
-                        want = want.max(self.coordinate(event.seq, event.position))
-                    }
-                    Notice::Resync => more = true,
-                }
+            self.replay_write(|socket| Box::pin(socket.flush())).await?;
+            if full {
+                continue;
             }
             if want > self.last {
-                more = true;
                 if empty {
-                    // An event announced by NOTIFY is committed and visible;
-                    // not finding it means something is badly off.
+                    // The event that asked for this read came from the log;
+                    // not finding it there means something is badly off.
                     empty_reads += 1;
                     if empty_reads > 50 {
                         tracing::error!(
                             want,
                             last = self.last,
-                            "realtime: a notified event is missing from the log"
+                            "realtime: an event seen in the log is missing from it"
                         );
                         return Err(End::INTERNAL);
                     }
                     sleep(Duration::from_millis(20)).await;
                 }
+                continue;
             }
-            if !more {
+            if !self.inbox.end_replay() {
                 return Ok(());
             }
         }
@@ -555,6 +559,41 @@ impl Stream {
             self.send(Message::Ping(Default::default())).await?;
         }
         Ok(())
+    }
+
+    /// A replay keeps the socket out of its live loop, possibly for long (a big
+    /// backlog, a slow reader): its timers are kept here instead. The token's
+    /// expiry ends it with 4001, and pings keep going out.
+    async fn replay_timers(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        if now >= self.expires_at {
+            return Err(End::TOKEN_EXPIRED);
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.ping_interval;
+            self.feed(Message::Ping(Default::default())).await?;
+        }
+        Ok(())
+    }
+
+    /// One replay write, bounded by the socket's timers: a peer that takes in
+    /// nothing for the heartbeat timeout is as gone as a silent one (4002),
+    /// and a write still pending when the token expires ends the socket (4001).
+    async fn replay_write<'a>(
+        &'a mut self,
+        write: impl FnOnce(
+            &'a mut Self,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), End>> + Send + 'a>,
+        >,
+    ) -> Result<(), End> {
+        let expires_at = self.expires_at;
+        let stalled_at = Instant::now() + self.heartbeat_timeout;
+        match tokio::time::timeout_at(expires_at.min(stalled_at), write(self)).await {
+            Ok(written) => written,
+            Err(_) if Instant::now() >= expires_at => Err(End::TOKEN_EXPIRED),
+            Err(_) => Err(End::HEARTBEAT),
+        }
     }
 
     /// Sends one message.

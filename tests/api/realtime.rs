@@ -872,3 +872,52 @@ async fn a_forged_notify_reaches_no_socket_and_moves_no_cursor() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_long_replay_still_ends_when_the_token_expires() {
+    let app = spawn_app().await;
+    let acme = create_partner(&app.db.pool, "Acme", None).await;
+    const BACKLOG: usize = 5_000;
+    sqlx::query(
+        "INSERT INTO payments (amount, currency, partner_id, status)
+         SELECT 100, 'NGN', $1, 'verified' FROM generate_series(1, $2::int)",
+    )
+    .bind(acme)
+    .bind(BACKLOG as i32)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    // A token with two seconds left, and a client that reads slowly through
+    // small buffers: the replay cannot be over before the token expires.
+    let expiring = token(Role::Partner, Some(acme), "slow-reader", now() + 2);
+    let mut ws = try_open(
+        app.address,
+        url(app.address, &format!("token={expiring}&since=0"))
+            .into_client_request()
+            .unwrap(),
+        Some(4096),
+    )
+    .await
+    .expect("the handshake succeeds");
+    let mut read = 0;
+    let code = loop {
+        let frame = timeout(PATIENCE, ws.next())
+            .await
+            .expect("a close before the patience runs out")
+            .expect("the socket is open")
+            .expect("a readable frame");
+        match frame {
+            Message::Text(_) => {
+                read += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Message::Close(Some(frame)) => break u16::from(frame.code),
+            _ => {}
+        }
+    };
+    assert_eq!(code, 4001, "closed for the expired token");
+    assert!(
+        read < BACKLOG,
+        "closed during the replay, not after it ({read} messages read)"
+    );
+}
