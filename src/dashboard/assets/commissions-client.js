@@ -18,9 +18,10 @@
  *                room: global `position`). Omit to receive live events only.
  *   partnerId    optional `partner_id` query parameter (an admin watching one
  *                partner; for a partner token it must be its own partner).
- *   tokenIn      'query' (default: `?token=`) or 'protocol' (the
- *                `Sec-WebSocket-Protocol: bearer, <token>` header, which keeps
- *                the token out of every URL).
+ *   tokenIn      'protocol' (default: the `Sec-WebSocket-Protocol: bearer,
+ *                <token>` header, which keeps the token out of every URL, and
+ *                so out of proxies' and servers' access logs) or 'query'
+ *                (`?token=`, for clients that cannot set a subprotocol).
  *   backoff      { baseMs = 500, capMs = 30000, healthyMs = 10000 }: reconnect
  *                delays are "full jitter", random(0, min(cap, base * 2^n)); n
  *                is reset once a connection stayed live for `healthyMs`.
@@ -81,7 +82,7 @@ export function decodeTokenPayload(token) {
 }
 
 export class CommissionsClient extends EventTarget {
-  constructor({ url, token, since, partnerId, tokenIn = 'query', backoff = {}, pingMs = 25000 } = {}) {
+  constructor({ url, token, since, partnerId, tokenIn = 'protocol', backoff = {}, pingMs = 25000 } = {}) {
     super();
     if (!token) throw new TypeError('CommissionsClient needs a token');
     this.url = url || defaultUrl();
