@@ -107,6 +107,14 @@ pub struct RealtimeConfig {
     /// WebSocket handshakes one client IP may attempt per second on this node; more are refused with 429.
     #[arg(long, env = "WS_HANDSHAKES_PER_SECOND_PER_IP", default_value_t = 50)]
     pub ws_handshakes_per_second_per_ip: u32,
+    /// Authenticated WebSocket handshakes one user (the token's `sub`) may make per second
+    /// on this node; more are refused with 429 (counted after the token is checked).
+    #[arg(long, env = "WS_HANDSHAKES_PER_SECOND_PER_USER", default_value_t = 20)]
+    pub ws_handshakes_per_second_per_user: u32,
+    /// Proxies (CIDRs or addresses, comma-separated) whose `X-Forwarded-For` / `Forwarded`
+    /// name the client for the per-IP limit. Empty: the headers are ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: crate::client_ip::TrustedProxies,
     /// SO_SNDBUF of every accepted connection, in bytes (the kernel doubles it). It caps
     /// the kernel memory a client that stops reading can pin (autotuning would let it
     /// grow to net.ipv4.tcp_wmem's maximum, 4 MiB by default); 0 keeps autotuning.

@@ -6,6 +6,8 @@
 pub mod auth;
 /// The subcommands (`migrate`, `serve`, `token`, ...) behind `main.rs`.
 pub mod cli;
+/// The client's address behind trusted proxies (X-Forwarded-For, Forwarded).
+pub mod client_ip;
 /// Configuration from flags and the environment, with secrets kept out of logs.
 pub mod config;
 /// The partner dashboard page and the JavaScript client, embedded in the binary.

@@ -79,10 +79,11 @@ struct Inner {
     all_closed: Notify,
 }
 
-/// Handshakes per IP in the current one-second window.
+/// Handshakes per client IP and per user in the current one-second window.
 struct HandshakeWindow {
     started: Instant,
     counts: HashMap<IpAddr, u32>,
+    users: HashMap<String, u32>,
 }
 
 impl Relay {
@@ -127,6 +128,7 @@ impl Relay {
                 handshakes: Mutex::new(HandshakeWindow {
                     started: Instant::now(),
                     counts: HashMap::new(),
+                    users: HashMap::new(),
                 }),
                 open: AtomicUsize::new(0),
                 all_closed: Notify::new(),
@@ -163,8 +165,7 @@ impl Relay {
         *self.inner.shutdown.borrow()
     }
 
-    /// Counts a handshake from `ip`; false once the IP is over its budget for this second.
-    fn allow_handshake(&self, ip: IpAddr) -> bool {
+    fn handshake_window(&self) -> std::sync::MutexGuard<'_, HandshakeWindow> {
         let mut window = self
             .inner
             .handshakes
@@ -173,10 +174,31 @@ impl Relay {
         if window.started.elapsed() >= Duration::from_secs(1) {
             window.started = Instant::now();
             window.counts.clear();
+            window.users.clear();
         }
+        window
+    }
+
+    /// Counts a handshake from `ip` (before the token is checked, so that
+    /// checking tokens cannot be made to burn CPU); false once the IP is over
+    /// its budget for this second.
+    fn allow_handshake(&self, ip: IpAddr) -> bool {
+        let mut window = self.handshake_window();
         let count = window.counts.entry(ip).or_insert(0);
         *count += 1;
         *count <= self.inner.config.ws_handshakes_per_second_per_ip
+    }
+
+    /// Counts an authenticated handshake of `sub`: behind one proxy many users
+    /// share an address, and one user's reconnect loop must not spend theirs.
+    fn allow_user_handshake(&self, sub: &str) -> bool {
+        let mut window = self.handshake_window();
+        let count = match window.users.get_mut(sub) {
+            Some(count) => count,
+            None => window.users.entry(sub.to_owned()).or_insert(0),
+        };
+        *count += 1;
+        *count <= self.inner.config.ws_handshakes_per_second_per_user
     }
 
     /// Takes one of the user's socket slots, given back when the guard drops.

@@ -97,7 +97,12 @@ pub async fn notifications(
             "the server is shutting down; reconnect".into(),
         ));
     }
-    if !relay.allow_handshake(peer.ip()) {
+    let client = relay
+        .inner
+        .config
+        .trusted_proxies
+        .client_ip(peer.ip(), &headers);
+    if !relay.allow_handshake(client) {
         return Err(Error::TooManyRequests(
             "too many WebSocket handshakes from this address; slow down".into(),
         ));
@@ -110,6 +115,11 @@ pub async fn notifications(
     })?;
     let claims = auth::verify(token, state.config.jwt_secret.expose())
         .map_err(|e| Error::Unauthorized(e.to_string()))?;
+    if !relay.allow_user_handshake(&claims.sub) {
+        return Err(Error::TooManyRequests(
+            "too many WebSocket handshakes for this user; slow down".into(),
+        ));
+    }
     let room = room_for(&claims, query.partner_id)?;
     if query.since.is_some_and(|since| since < 0) {
         return Err(Error::BadRequest("since must be 0 or more".into()));

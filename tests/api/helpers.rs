@@ -153,6 +153,8 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
             ws_heartbeat_timeout_ms: 45_000,
             ws_max_sockets_per_user: 1_000,
             ws_handshakes_per_second_per_ip: 100_000,
+            ws_handshakes_per_second_per_user: 100_000,
+            trusted_proxies: Default::default(),
             tcp_send_buffer_bytes: 131_072,
             listen_mode: ListenMode::Firehose,
         },

@@ -921,3 +921,108 @@ async fn a_long_replay_still_ends_when_the_token_expires() {
         "closed during the replay, not after it ({read} messages read)"
     );
 }
+
+fn forwarded_request(
+    address: SocketAddr,
+    query: &str,
+    client: &str,
+) -> tungstenite::handshake::client::Request {
+    let mut request = url(address, query).into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", client.parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_has_its_own_handshake_budget() {
+    let db = TestDatabase::new().await;
+    let app = spawn_app_with(db, |config| {
+        config.realtime.ws_handshakes_per_second_per_ip = 3;
+        config.realtime.trusted_proxies = "127.0.0.1/32".parse().unwrap();
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(
+            refused(
+                app.address,
+                forwarded_request(app.address, "", "203.0.113.1"),
+            )
+            .await
+            .0,
+        );
+    }
+    assert!(
+        statuses.contains(&429),
+        "one client's burst is cut off: {statuses:?}"
+    );
+    // Another client behind the same proxy still gets through to the token check.
+    let (status, _) = refused(
+        app.address,
+        forwarded_request(app.address, "", "203.0.113.2"),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // Without trusted proxies the header is the client's own word: ignored.
+    let db = TestDatabase::new().await;
+    let app = spawn_app_with(db, |config| {
+        config.realtime.ws_handshakes_per_second_per_ip = 3
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let client = format!("198.51.100.{i}");
+        statuses.push(
+            refused(app.address, forwarded_request(app.address, "", &client))
+                .await
+                .0,
+        );
+    }
+    assert!(
+        statuses.contains(&429),
+        "spoofed addresses share the peer's budget: {statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn one_user_reconnecting_in_a_loop_is_limited_after_authentication() {
+    let db = TestDatabase::new().await;
+    let app = spawn_app_with(db, |config| {
+        config.realtime.ws_handshakes_per_second_per_user = 2;
+        config.realtime.trusted_proxies = "127.0.0.1".parse().unwrap();
+    })
+    .await;
+    let acme = create_partner(&app.db.pool, "Acme", None).await;
+    let query = format!("token={}", partner_token(acme));
+    let mut statuses = Vec::new();
+    let mut open_sockets = Vec::new();
+    for i in 0..8 {
+        // From different addresses: the per-IP budget is not what stops it.
+        match try_open(
+            app.address,
+            forwarded_request(app.address, &query, &format!("192.0.2.{i}")),
+            None,
+        )
+        .await
+        {
+            Ok(ws) => {
+                statuses.push(101);
+                open_sockets.push(ws);
+            }
+            Err(tungstenite::Error::Http(response)) => statuses.push(response.status().as_u16()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // Another user is not affected.
+    open(
+        app.address,
+        &format!(
+            "token={}",
+            token(Role::Partner, Some(acme), "colleague", now() + 60)
+        ),
+    )
+    .await;
+}
