@@ -134,6 +134,7 @@ impl Node {
             // The bench opens thousands of sockets from one address at once.
             .env("WS_MAX_SOCKETS_PER_USER", "100000")
             .env("WS_HANDSHAKES_PER_SECOND_PER_IP", "1000000")
+            .env("WS_HANDSHAKES_PER_SECOND_PER_USER", "1000000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
