@@ -76,6 +76,10 @@ pub struct ServeConfig {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:5000")]
     pub bind_addr: SocketAddr,
+    /// Serve `/metrics` on this address only (e.g. 127.0.0.1:9100, reachable by the
+    /// scraper, not the public). Unset: `/metrics` is on BIND_ADDR with everything else.
+    #[arg(long, env = "METRICS_BIND_ADDR")]
+    pub metrics_bind_addr: Option<SocketAddr>,
     /// HS256 key that signs and checks the JWTs.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Secret,

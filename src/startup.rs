@@ -24,12 +24,22 @@ pub struct AppState {
 
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` on an address of its own, when `METRICS_BIND_ADDR` says so.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
 }
 
 impl Application {
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
         let config = config.validated()?;
+        let metrics_listener = match config.metrics_bind_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (METRICS_BIND_ADDR)"))?,
+            ),
+            None => None,
+        };
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.bind_addr))?;
@@ -51,13 +61,24 @@ impl Application {
             config: Arc::new(config),
             relay,
         };
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            metrics_listener,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Where `/metrics` is served alone, if it has an address of its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn state(&self) -> &AppState {
@@ -71,6 +92,13 @@ impl Application {
         let relay = self.state.relay.clone();
         let send_buffer = self.state.config.realtime.tcp_send_buffer_bytes;
         let router = http::router(self.state);
+        let metrics = self.metrics_listener.map(|listener| {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, http::metrics_router::<()>()).await {
+                    tracing::error!(error = %e, "the metrics server failed");
+                }
+            })
+        });
         // Upgraded sockets outlive their HTTP connection, so the relay closes
         // them itself (1001) before the server waits for connections to end.
         let shutdown = async move {
@@ -84,13 +112,17 @@ impl Application {
                 let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer);
             }
         });
-        axum::serve(
+        let served = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
         .await
-        .context("server error")
+        .context("server error");
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
+        served
     }
 }
 

@@ -57,8 +57,16 @@ use crate::startup::AppState;
 /// JSON document; providers' webhook events are a few KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// `/metrics` alone: merged into the main router, or served on
+/// `METRICS_BIND_ADDR` by itself so that the public never reaches it.
+pub fn metrics_router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    metrics::handle();
+    Router::new().route("/metrics", get(metrics::render))
+}
+
 pub fn router(state: AppState) -> Router {
     metrics::handle();
+    let state_metrics_elsewhere = state.config.metrics_bind_addr.is_some();
     // Admin POSTs honour Idempotency-Key.
     let admin_posts = Router::new()
         .route("/api/partners", post(partners::create))
@@ -82,11 +90,14 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/stripe", post(webhooks::stripe::receive))
         .route("/webhooks/paystack", post(webhooks::paystack::receive))
         .route("/openapi.json", get(openapi::document))
-        .route("/metrics", get(metrics::render))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/notifications", get(crate::realtime::socket::notifications))
         .merge(crate::dashboard::routes())
+        .merge(match state_metrics_elsewhere {
+            true => Router::new(),
+            false => metrics_router(),
+        })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

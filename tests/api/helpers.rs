@@ -144,6 +144,7 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
             db_max_connections: 6,
         },
         bind_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_bind_addr: None,
         jwt_secret: Secret::new(JWT_SECRET),
         stripe_webhook_secret: Some(Secret::new(STRIPE_SECRET)),
         paystack_secret_key: Some(Secret::new(PAYSTACK_SECRET)),

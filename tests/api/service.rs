@@ -136,3 +136,45 @@ async fn a_node_refuses_to_start_on_an_empty_short_or_placeholder_jwt_secret() {
     config.jwt_secret = Secret::new("0123456789abcdef0123456789abcdef");
     assert!(Application::build(config).await.is_ok());
 }
+
+#[tokio::test]
+async fn metrics_can_live_on_an_address_of_their_own() {
+    use commissions::startup::Application;
+
+    let db = crate::helpers::TestDatabase::new().await;
+    let mut config = crate::helpers::serve_config(&db.url);
+    config.metrics_bind_addr = Some("127.0.0.1:0".parse().unwrap());
+    let app = Application::build(config).await.unwrap();
+    let public = format!("http://{}", app.local_addr());
+    let private = format!("http://{}", app.metrics_addr().expect("a metrics address"));
+    let server = tokio::spawn(app.run_until(std::future::pending()));
+    let http = reqwest::Client::new();
+
+    let on_public = http.get(format!("{public}/metrics")).send().await.unwrap();
+    assert_eq!(on_public.status(), 404, "not on the public address");
+    assert_eq!(
+        http.get(format!("{public}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let on_private = http.get(format!("{private}/metrics")).send().await.unwrap();
+    assert_eq!(on_private.status(), 200);
+    assert!(on_private
+        .text()
+        .await
+        .unwrap()
+        .contains("http_requests_total"));
+    assert_eq!(
+        http.get(format!("{private}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404,
+        "the metrics address serves metrics only"
+    );
+    server.abort();
+}
