@@ -1,6 +1,7 @@
 //! The node's one LISTEN connection (tokio-postgres, `application_name`
-//! `commissions:listener`, TCP keepalives on, so a dead peer is noticed even
-//! when no event flows).
+//! `commissions:listener`, TLS as `DATABASE_URL`'s `sslmode` says (see
+//! `db::tls`), TCP keepalives on, so a dead peer is noticed even when no
+//! event flows).
 //!
 //! It LISTENs on the channels the hub asks for: `commissions_admin` alone in
 //! the firehose mode, or `commissions_partner_<id>` per partner room (and
@@ -19,7 +20,6 @@
 //! Commands queued meanwhile are executed after that, in order.
 
 use std::{
-    str::FromStr,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -29,9 +29,11 @@ use std::{
 
 use futures::{stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::hub::Hub;
+use crate::db::tls;
 
 pub const LISTENER_APPLICATION_NAME: &str = "commissions:listener";
 pub const ADMIN_CHANNEL: &str = "commissions_admin";
@@ -69,8 +71,8 @@ pub async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let config = match tokio_postgres::Config::from_str(&database_url) {
-        Ok(mut config) => {
+    let (config, tls) = match tls::tokio_postgres(&database_url) {
+        Ok((mut config, tls)) => {
             config
                 .application_name(LISTENER_APPLICATION_NAME)
                 .keepalives(true)
@@ -78,10 +80,13 @@ pub async fn run(
                 .keepalives_interval(Duration::from_secs(10))
                 .keepalives_retries(3)
                 .connect_timeout(Duration::from_secs(10));
-            config
+            (config, tls)
         }
         Err(e) => {
-            tracing::error!(error = %e, "the LISTEN connection cannot parse DATABASE_URL");
+            tracing::error!(
+                error = format!("{e:#}"),
+                "the LISTEN connection cannot use DATABASE_URL"
+            );
             return;
         }
     };
@@ -93,7 +98,7 @@ pub async fn run(
         if *shutdown.borrow() {
             return;
         }
-        let session = connect(&config, hub.clone()).await;
+        let session = connect(&config, tls.clone(), hub.clone()).await;
         let (client, mut lost, live) = match session {
             Ok(session) => session,
             Err(e) => {
@@ -164,6 +169,7 @@ pub async fn run(
 /// jump past the events missed while disconnected, which no gap reveals.
 async fn connect(
     config: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     hub: Arc<Hub>,
 ) -> Result<
     (
@@ -173,7 +179,7 @@ async fn connect(
     ),
     tokio_postgres::Error,
 > {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls).await?;
     let (lost_tx, lost) = oneshot::channel();
     let live = Arc::new(AtomicBool::new(false));
     let dispatching = live.clone();
