@@ -102,7 +102,7 @@ pub async fn run(
         let (client, mut lost, live) = match session {
             Ok(session) => session,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "the LISTEN connection failed");
+                tracing::warn!(error = %with_causes(&e), retry_in = ?backoff, "the LISTEN connection failed");
                 if sleep_or_shutdown(backoff, &mut shutdown).await {
                     return;
                 }
@@ -200,6 +200,18 @@ async fn connect(
         let _ = lost_tx.send(());
     });
     Ok((client, lost, live))
+}
+
+/// The error and its causes: tokio-postgres says only "db error" for any
+/// refusal by the server (pg_hba.conf, a password), the reason is its source.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text = format!("{text}: {e}");
+        cause = e.source();
+    }
+    text
 }
 
 /// Sleeps; true if shutdown came first.
