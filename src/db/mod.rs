@@ -20,10 +20,9 @@ pub async fn connect_pool(database_url: &str, max_connections: u32) -> Result<Pg
         PgConnectOptions::from_str(database_url)?.application_name(API_APPLICATION_NAME);
     // sqlx reads sslmode and sslrootcert itself; only libpq's rule that
     // `require` with a root certificate checks the chain is ours (see tls.rs).
-    let tls = tls::PgTls::split_url(database_url)
-        .map_err(|e| sqlx::Error::Configuration(e.into()))?
-        .0;
-    if tls.effective_mode() == tls::SslMode::VerifyCa {
+    let (settings, _) =
+        tls::PgTls::split_url(database_url).map_err(|e| sqlx::Error::Configuration(e.into()))?;
+    if settings.effective_mode() == tls::SslMode::VerifyCa {
         options = options.ssl_mode(PgSslMode::VerifyCa);
     }
     PgPoolOptions::new()

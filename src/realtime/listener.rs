@@ -33,7 +33,6 @@ use tokio_postgres::AsyncMessage;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::hub::Hub;
-use crate::db::tls;
 
 pub const LISTENER_APPLICATION_NAME: &str = "commissions:listener";
 pub const ADMIN_CHANNEL: &str = "commissions_admin";
@@ -71,7 +70,7 @@ pub async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (config, tls) = match tls::tokio_postgres(&database_url) {
+    let (config, tls) = match crate::db::tls::tokio_postgres(&database_url) {
         Ok((mut config, tls)) => {
             config
                 .application_name(LISTENER_APPLICATION_NAME)
