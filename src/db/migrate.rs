@@ -7,7 +7,6 @@
 //! migrations take turns instead of racing on the same DDL.
 
 use anyhow::Context;
-use tokio_postgres::NoTls;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -43,12 +42,10 @@ pub const ENGINE_SQL: &[(&str, &str)] = &[
 const MIGRATION_LOCK_KEY: i64 = 7_164_946_332_151_808_000;
 
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
-    let mut config: tokio_postgres::Config = database_url
-        .parse()
-        .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let (mut config, tls) = super::tls::tokio_postgres(database_url)?;
     config.application_name("commissions:migrate");
     let (mut client, connection) = config
-        .connect(NoTls)
+        .connect(tls)
         .await
         .context("cannot connect to PostgreSQL")?;
     let connection = tokio::spawn(connection);

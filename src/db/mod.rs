@@ -2,10 +2,12 @@
 //! the schema (`migrations/`) and the engine (`sql/`).
 
 mod migrate;
+/// TLS for the tokio-postgres connections, from the same `sslmode` and `sslrootcert` as the pool.
+pub mod tls;
 
 use std::{str::FromStr, time::Duration};
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
 pub use migrate::{migrate, ENGINE_SQL};
 
@@ -14,7 +16,15 @@ pub use migrate::{migrate, ENGINE_SQL};
 pub const API_APPLICATION_NAME: &str = "commissions:api";
 
 pub async fn connect_pool(database_url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(database_url)?.application_name(API_APPLICATION_NAME);
+    let mut options =
+        PgConnectOptions::from_str(database_url)?.application_name(API_APPLICATION_NAME);
+    // sqlx reads sslmode and sslrootcert itself; only libpq's rule that
+    // `require` with a root certificate checks the chain is ours (see tls.rs).
+    let (settings, _) =
+        tls::PgTls::split_url(database_url).map_err(|e| sqlx::Error::Configuration(e.into()))?;
+    if settings.effective_mode() == tls::SslMode::VerifyCa {
+        options = options.ssl_mode(PgSslMode::VerifyCa);
+    }
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)

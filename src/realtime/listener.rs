@@ -1,6 +1,7 @@
 //! The node's one LISTEN connection (tokio-postgres, `application_name`
-//! `commissions:listener`, TCP keepalives on, so a dead peer is noticed even
-//! when no event flows).
+//! `commissions:listener`, TLS as `DATABASE_URL`'s `sslmode` says (see
+//! `db::tls`), TCP keepalives on, so a dead peer is noticed even when no
+//! event flows).
 //!
 //! It LISTENs on the channels the hub asks for: `commissions_admin` always,
 //! and `commissions_partner_<id>` per partner room in the partner mode. A
@@ -20,7 +21,6 @@
 //! Commands queued meanwhile are executed after that, in order.
 
 use std::{
-    str::FromStr,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -30,7 +30,8 @@ use std::{
 
 use futures::{stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{feed::Wake, hub::Hub};
 
@@ -71,8 +72,8 @@ pub async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let config = match tokio_postgres::Config::from_str(&database_url) {
-        Ok(mut config) => {
+    let (config, tls) = match crate::db::tls::tokio_postgres(&database_url) {
+        Ok((mut config, tls)) => {
             config
                 .application_name(LISTENER_APPLICATION_NAME)
                 .keepalives(true)
@@ -80,10 +81,13 @@ pub async fn run(
                 .keepalives_interval(Duration::from_secs(10))
                 .keepalives_retries(3)
                 .connect_timeout(Duration::from_secs(10));
-            config
+            (config, tls)
         }
         Err(e) => {
-            tracing::error!(error = %e, "the LISTEN connection cannot parse DATABASE_URL");
+            tracing::error!(
+                error = format!("{e:#}"),
+                "the LISTEN connection cannot use DATABASE_URL"
+            );
             return;
         }
     };
@@ -95,11 +99,11 @@ pub async fn run(
         if *shutdown.borrow() {
             return;
         }
-        let session = connect(&config, feed.clone()).await;
+        let session = connect(&config, tls.clone(), feed.clone()).await;
         let (client, mut lost, live) = match session {
             Ok(session) => session,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "the LISTEN connection failed");
+                tracing::warn!(error = %with_causes(&e), retry_in = ?backoff, "the LISTEN connection failed");
                 if sleep_or_shutdown(backoff, &mut shutdown).await {
                     return;
                 }
@@ -168,6 +172,7 @@ pub async fn run(
 /// jump past the events missed while disconnected, which no gap reveals.
 async fn connect(
     config: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     feed: Wake,
 ) -> Result<
     (
@@ -177,7 +182,7 @@ async fn connect(
     ),
     tokio_postgres::Error,
 > {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls).await?;
     let (lost_tx, lost) = oneshot::channel();
     let live = Arc::new(AtomicBool::new(false));
     let dispatching = live.clone();
@@ -200,6 +205,18 @@ async fn connect(
         let _ = lost_tx.send(());
     });
     Ok((client, lost, live))
+}
+
+/// The error and its causes: tokio-postgres says only "db error" for any
+/// refusal by the server (pg_hba.conf, a password), the reason is its source.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text = format!("{text}: {e}");
+        cause = e.source();
+    }
+    text
 }
 
 /// Sleeps; true if shutdown came first.

@@ -15,4 +15,5 @@ mod poison;
 mod realtime;
 mod refunds_and_disputes;
 mod service;
+mod tls;
 mod webhooks;
