@@ -47,7 +47,7 @@ use super::{
     Relay, UserSlot,
 };
 use crate::{
-    auth::{self, Claims, Role},
+    auth::{Claims, Role},
     events::EventLog,
     http::error::Error,
     startup::AppState,
@@ -108,7 +108,10 @@ pub async fn notifications(
             "a token is required: ?token=, Authorization: Bearer <token>, or Sec-WebSocket-Protocol: bearer, <token>".into(),
         )
     })?;
-    let claims = auth::verify(token, state.config.jwt_secret.expose())
+    let claims = state
+        .verifier
+        .verify(token)
+        .await
         .map_err(|e| Error::Unauthorized(e.to_string()))?;
     let room = room_for(&claims, query.partner_id)?;
     if query.since.is_some_and(|since| since < 0) {
@@ -178,7 +181,7 @@ fn room_for(claims: &Claims, partner_id: Option<i64>) -> Result<RoomKey, Error> 
         (_, Some(_)) => Err(Error::Forbidden(
             "this token may not follow that partner".into(),
         )),
-        // auth::verify guarantees a partner token carries partner_id.
+        // auth::Verifier guarantees a partner token carries partner_id.
         (Role::Partner, None) => claims
             .partner_id
             .map(RoomKey::Partner)

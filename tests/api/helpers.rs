@@ -4,7 +4,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use commissions::{
-    config::{DatabaseConfig, ListenMode, RealtimeConfig, Secret, ServeConfig},
+    config::{
+        DatabaseConfig, IdentityProviderConfig, ListenMode, RealtimeConfig, Secret, ServeConfig,
+    },
     db,
     startup::Application,
 };
@@ -156,6 +158,7 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
             tcp_send_buffer_bytes: 131_072,
             listen_mode: ListenMode::Firehose,
         },
+        identity_provider: IdentityProviderConfig::default(),
     }
 }
 
