@@ -94,7 +94,7 @@ pub struct ServeConfig {
 /// Tokens from an identity provider (Auth0, Clerk, Supabase, Keycloak):
 /// RS256 or ES256, checked against the provider's JWKS (see [`crate::auth::Verifier`]).
 /// HS256 tokens are still checked against `JWT_SECRET`.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct IdentityProviderConfig {
     /// The provider's JSON Web Key Set, e.g. https://example.eu.auth0.com/.well-known/jwks.json.
     /// Unset: only HS256 tokens signed with JWT_SECRET are accepted.

@@ -158,7 +158,12 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
             tcp_send_buffer_bytes: 131_072,
             listen_mode: ListenMode::Firehose,
         },
-        identity_provider: IdentityProviderConfig::default(),
+        identity_provider: IdentityProviderConfig {
+            jwks_url: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwks_min_refresh_ms: 5_000,
+        },
     }
 }
 
