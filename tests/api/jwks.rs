@@ -421,3 +421,23 @@ async fn partner_id_as_a_numeric_string_is_accepted_and_anything_else_is_401() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_node_refuses_a_jwks_url_that_is_not_http_and_treats_empty_settings_as_unset() {
+    use commissions::startup::Application;
+
+    let db = TestDatabase::new().await;
+    let mut config = crate::helpers::serve_config(&db.url);
+    config.identity_provider.jwks_url = Some("file:///etc/jwks.json".into());
+    let error = Application::build(config)
+        .await
+        .err()
+        .expect("the node refuses to start")
+        .to_string();
+    assert!(error.contains("JWKS_URL"), "{error}");
+
+    let mut config = crate::helpers::serve_config(&db.url);
+    config.identity_provider.jwks_url = Some(" ".into());
+    config.identity_provider.jwt_issuer = Some(String::new());
+    assert!(Application::build(config).await.is_ok());
+}
