@@ -195,10 +195,27 @@ async fn rs256_and_es256_tokens_from_the_jwks_are_accepted_on_rest_and_the_socke
     let mut admin = partner_claims(partner);
     admin["role"] = json!("admin");
     admin.as_object_mut().unwrap().remove("partner_id");
+    let admin = rsa.sign(&admin);
     let response = app
-        .post_as(&rsa.sign(&admin), "/api/partners", &json!({"name": "Beta"}))
+        .post_as(&admin, "/api/partners", &json!({"name": "Beta"}))
         .await;
     assert_eq!(response.status(), 201);
+    // Idempotency keys work for it too (that layer reads the token itself).
+    let mut replayed = Vec::new();
+    for _ in 0..2 {
+        let response = app
+            .http
+            .post(app.url("/api/partners"))
+            .bearer_auth(&admin)
+            .header("Idempotency-Key", "create-gamma")
+            .json(&json!({"name": "Gamma"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        replayed.push(response.headers().contains_key("idempotent-replayed"));
+    }
+    assert_eq!(replayed, [false, true]);
 
     // HS256 tokens signed with JWT_SECRET still work beside the provider's.
     let local = app
