@@ -223,8 +223,11 @@ impl IdentityProvider {
         let kid = header.kid.as_deref().ok_or(AuthError::UnknownKey)?;
         let key = match self.cached(kid) {
             (Some(key), false) => key,
-            _ => {
-                self.refresh().await;
+            (known, _) => {
+                // An unknown kid waits for the fetch. A known key in a set
+                // due for a refetch does not: one caller refetches, the
+                // others go on with the set they have.
+                self.refresh(known.is_none()).await;
                 self.cached(kid).0.ok_or(AuthError::UnknownKey)?
             }
         };
@@ -261,10 +264,15 @@ impl IdentityProvider {
         (keys.by_kid.get(kid).cloned(), stale)
     }
 
-    /// Refetches the set unless a fetch started less than `min_refresh` ago.
-    /// A failed fetch keeps the keys already known.
-    async fn refresh(&self) {
-        let mut last_fetch = self.last_fetch.lock().await;
+    /// Refetches the set unless a fetch started less than `min_refresh` ago
+    /// (or, unless `wait`, one is under way). A failed fetch keeps the keys
+    /// already known.
+    async fn refresh(&self, wait: bool) {
+        let mut last_fetch = match self.last_fetch.try_lock() {
+            Ok(guard) => guard,
+            Err(_) if wait => self.last_fetch.lock().await,
+            Err(_) => return,
+        };
         if last_fetch.is_some_and(|at| at.elapsed() < self.min_refresh) {
             return;
         }
