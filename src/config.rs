@@ -91,6 +91,30 @@ pub struct ServeConfig {
     pub paystack_secret_key: Option<Secret>,
     #[command(flatten)]
     pub realtime: RealtimeConfig,
+    #[command(flatten)]
+    pub identity_provider: IdentityProviderConfig,
+}
+
+/// Tokens from an identity provider (Auth0, Clerk, Supabase, Keycloak):
+/// RS256 or ES256, checked against the provider's JWKS (see [`crate::auth::Verifier`]).
+/// HS256 tokens are still checked against `JWT_SECRET`.
+#[derive(Debug, Clone, Args)]
+pub struct IdentityProviderConfig {
+    /// The provider's JSON Web Key Set, e.g. https://example.eu.auth0.com/.well-known/jwks.json.
+    /// Unset: only HS256 tokens signed with JWT_SECRET are accepted.
+    #[arg(long, env = "JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// The `iss` an RS256/ES256 token must carry. Unset: not checked.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` an RS256/ES256 token must carry. Unset: not checked, so any token
+    /// the provider signs for any of its applications is accepted.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Fewest milliseconds between two fetches of the JWKS: a token with an unknown
+    /// `kid` triggers a fetch, and a flood of them must not become a flood of fetches.
+    #[arg(long, env = "JWKS_MIN_REFRESH_MS", default_value_t = 5_000)]
+    pub jwks_min_refresh_ms: u64,
 }
 
 /// The WebSocket relay's limits and timers (see `src/realtime/`).
@@ -183,6 +207,8 @@ pub enum ConfigError {
     JwtSecretTooShort(usize),
     #[error("JWT_SECRET is a placeholder from an example; set a random one (e.g. `openssl rand -hex 32`)")]
     JwtSecretPlaceholder,
+    #[error("JWKS_URL must be an http:// or https:// URL")]
+    JwksUrl,
 }
 
 impl ServeConfig {
@@ -191,6 +217,7 @@ impl ServeConfig {
     /// signature is ever checked against an empty key.
     pub fn validated(mut self) -> Result<Self, ConfigError> {
         check_jwt_secret(&self.jwt_secret)?;
+        self.identity_provider.check()?;
         for (name, secret) in [
             ("STRIPE_WEBHOOK_SECRET", &mut self.stripe_webhook_secret),
             ("PAYSTACK_SECRET_KEY", &mut self.paystack_secret_key),
@@ -208,6 +235,36 @@ impl ServeConfig {
             }
         }
         Ok(self)
+    }
+}
+
+impl IdentityProviderConfig {
+    /// Treats empty settings as unset and refuses a JWKS URL that is not HTTP(S).
+    fn check(&mut self) -> Result<(), ConfigError> {
+        for setting in [
+            &mut self.jwks_url,
+            &mut self.jwt_issuer,
+            &mut self.jwt_audience,
+        ] {
+            if setting.as_ref().is_some_and(|s| s.trim().is_empty()) {
+                *setting = None;
+            }
+        }
+        let Some(url) = &self.jwks_url else {
+            if self.jwt_issuer.is_some() || self.jwt_audience.is_some() {
+                tracing::warn!(
+                    "JWT_ISSUER and JWT_AUDIENCE apply to JWKS_URL tokens; JWKS_URL is not set"
+                );
+            }
+            return Ok(());
+        };
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(ConfigError::JwksUrl);
+        }
+        if self.jwt_audience.is_none() {
+            tracing::warn!("JWT_AUDIENCE is not set: a token the identity provider signed for any of its applications is accepted");
+        }
+        Ok(())
     }
 }
 

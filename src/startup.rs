@@ -8,7 +8,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
-use crate::{config::ServeConfig, db, http, realtime::Relay};
+use crate::{auth::Verifier, config::ServeConfig, db, http, realtime::Relay};
 
 /// How long shutdown waits for the sockets to close.
 const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -20,6 +20,8 @@ pub struct AppState {
     pub config: Arc<ServeConfig>,
     /// The node's WebSocket relay (LISTEN connection and rooms).
     pub relay: Relay,
+    /// Checks every token (REST, idempotency, WebSocket).
+    pub verifier: Arc<Verifier>,
 }
 
 pub struct Application {
@@ -56,10 +58,12 @@ impl Application {
         )
         .await
         .context("cannot read the head of the event log")?;
+        let verifier = Verifier::new(config.jwt_secret.expose(), &config.identity_provider)?;
         let state = AppState {
             db,
             config: Arc::new(config),
             relay,
+            verifier: Arc::new(verifier),
         };
         Ok(Self {
             listener,

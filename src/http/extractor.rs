@@ -13,7 +13,7 @@ use axum::{
 
 use super::error::{Error, Result};
 use crate::{
-    auth::{self, AuthError, Claims},
+    auth::{AuthError, Claims},
     startup::AppState,
 };
 
@@ -26,16 +26,12 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         let token = bearer_token(parts)?;
-        let claims =
-            auth::verify(token, state.config.jwt_secret.expose()).map_err(|e| match e {
-                AuthError::Expired => {
-                    Error::Unauthorized("the token has expired: get a new one".into())
-                }
-                AuthError::Invalid => Error::Unauthorized("the token is invalid".into()),
-                AuthError::MissingPartner => {
-                    Error::Unauthorized("a partner token must carry partner_id".into())
-                }
-            })?;
+        let claims = state.verifier.verify(token).await.map_err(|e| match e {
+            AuthError::Expired => {
+                Error::Unauthorized("the token has expired: get a new one".into())
+            }
+            other => Error::Unauthorized(other.to_string()),
+        })?;
         Ok(Caller(claims))
     }
 }

@@ -27,7 +27,7 @@ use super::{
     extractor::IdempotencyKey,
     MAX_BODY_BYTES,
 };
-use crate::{auth, startup::AppState};
+use crate::startup::AppState;
 
 /// Marks a replayed response.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -48,7 +48,7 @@ async fn replay_or_record(state: AppState, request: Request, next: Next) -> Resu
     else {
         return Ok(next.run(Request::from_parts(parts, body)).await);
     };
-    let Some(caller) = admin_subject(&parts, &state) else {
+    let Some(caller) = admin_subject(&parts, &state).await else {
         return Ok(next.run(Request::from_parts(parts, body)).await);
     };
     let body = to_bytes(body, MAX_BODY_BYTES)
@@ -113,14 +113,14 @@ async fn replay_or_record(state: AppState, request: Request, next: Next) -> Resu
 }
 
 /// The `sub` of a valid admin token, if the request carries one.
-fn admin_subject(parts: &axum::http::request::Parts, state: &AppState) -> Option<String> {
+async fn admin_subject(parts: &axum::http::request::Parts, state: &AppState) -> Option<String> {
     let token = parts
         .headers
         .get(header::AUTHORIZATION)?
         .to_str()
         .ok()?
         .strip_prefix("Bearer ")?;
-    let claims = auth::verify(token.trim(), state.config.jwt_secret.expose()).ok()?;
+    let claims = state.verifier.verify(token.trim()).await.ok()?;
     claims.is_admin().then_some(claims.sub)
 }
 

@@ -47,7 +47,7 @@ use super::{
     Relay, UserSlot,
 };
 use crate::{
-    auth::{self, Claims, Role},
+    auth::{Claims, Role},
     events::EventLog,
     http::error::Error,
     startup::AppState,
@@ -113,7 +113,10 @@ pub async fn notifications(
             "a token is required: ?token=, Authorization: Bearer <token>, or Sec-WebSocket-Protocol: bearer, <token>".into(),
         )
     })?;
-    let claims = auth::verify(token, state.config.jwt_secret.expose())
+    let claims = state
+        .verifier
+        .verify(token)
+        .await
         .map_err(|e| Error::Unauthorized(e.to_string()))?;
     if !relay.allow_user_handshake(&claims.sub) {
         return Err(Error::TooManyRequests(
@@ -188,7 +191,7 @@ fn room_for(claims: &Claims, partner_id: Option<i64>) -> Result<RoomKey, Error> 
         (_, Some(_)) => Err(Error::Forbidden(
             "this token may not follow that partner".into(),
         )),
-        // auth::verify guarantees a partner token carries partner_id.
+        // auth::Verifier guarantees a partner token carries partner_id.
         (Role::Partner, None) => claims
             .partner_id
             .map(RoomKey::Partner)

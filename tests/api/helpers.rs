@@ -4,7 +4,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use commissions::{
-    config::{DatabaseConfig, ListenMode, RealtimeConfig, Secret, ServeConfig},
+    config::{
+        DatabaseConfig, IdentityProviderConfig, ListenMode, RealtimeConfig, Secret, ServeConfig,
+    },
     db,
     startup::Application,
 };
@@ -158,6 +160,12 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
             trusted_proxies: Default::default(),
             tcp_send_buffer_bytes: 131_072,
             listen_mode: ListenMode::Firehose,
+        },
+        identity_provider: IdentityProviderConfig {
+            jwks_url: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwks_min_refresh_ms: 5_000,
         },
     }
 }
