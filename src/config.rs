@@ -67,6 +67,33 @@ pub struct DatabaseConfig {
     /// webhooks/s and 32 gave 890/s (BENCHMARKS.md).
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
     pub db_max_connections: u32,
+    /// statement_timeout of the API's sessions, in milliseconds: a statement running longer fails (503).
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub db_statement_timeout_ms: u64,
+    /// lock_timeout of the API's sessions, in milliseconds: a request waiting longer for a row
+    /// another transaction holds fails with 503 and Retry-After instead of queueing.
+    #[arg(long, env = "DB_LOCK_TIMEOUT_MS", default_value_t = 3_000)]
+    pub db_lock_timeout_ms: u64,
+    /// idle_in_transaction_session_timeout of the API's sessions, in milliseconds.
+    #[arg(
+        long,
+        env = "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub db_idle_in_transaction_timeout_ms: u64,
+}
+
+impl DatabaseConfig {
+    pub fn session_limits(&self) -> crate::db::SessionLimits {
+        use std::time::Duration;
+        crate::db::SessionLimits {
+            statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
+            lock_timeout: Duration::from_millis(self.db_lock_timeout_ms),
+            idle_in_transaction_timeout: Duration::from_millis(
+                self.db_idle_in_transaction_timeout_ms,
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

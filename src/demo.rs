@@ -115,9 +115,13 @@ pub async fn simulate_payment(config: SimulatePaymentConfig) -> anyhow::Result<(
             )
         })?;
     let currency = config.currency.to_uppercase();
-    let pool = db::connect_pool(config.database.database_url.expose(), 2)
-        .await
-        .context("cannot connect to PostgreSQL")?;
+    let pool = db::connect_pool(
+        config.database.database_url.expose(),
+        2,
+        config.database.session_limits(),
+    )
+    .await
+    .context("cannot connect to PostgreSQL")?;
 
     let Some(partner) =
         sqlx::query_scalar!("SELECT name FROM partners WHERE id = $1", config.partner_id)

@@ -48,6 +48,7 @@ impl Application {
         let db = db::connect_pool(
             config.database.database_url.expose(),
             config.database.db_max_connections,
+            config.database.session_limits(),
         )
         .await
         .context("cannot connect to PostgreSQL")?;

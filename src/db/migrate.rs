@@ -6,6 +6,8 @@
 //! Nodes may start together: a session advisory lock makes concurrent
 //! migrations take turns instead of racing on the same DDL.
 
+use std::time::Duration;
+
 use anyhow::Context;
 
 mod embedded {
@@ -41,7 +43,31 @@ pub const ENGINE_SQL: &[(&str, &str)] = &[
 
 const MIGRATION_LOCK_KEY: i64 = 7_164_946_332_151_808_000;
 
+/// How a migration waits for the locks its DDL needs. Replacing a trigger
+/// locks its table against writes; a migration that queues behind a long
+/// transaction (a DBA's, left open) would hold every verification behind it
+/// in the same queue. So each attempt gives up after `lock_timeout`, rolls
+/// back (freeing the queue) and tries again after a pause.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrateOptions {
+    pub lock_timeout: Duration,
+    pub attempts: u32,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        Self {
+            lock_timeout: Duration::from_secs(2),
+            attempts: 60,
+        }
+    }
+}
+
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
+    migrate_with(database_url, MigrateOptions::default()).await
+}
+
+pub async fn migrate_with(database_url: &str, options: MigrateOptions) -> anyhow::Result<()> {
     let (mut config, tls) = super::tls::tokio_postgres(database_url)?;
     config.application_name("commissions:migrate");
     let (mut client, connection) = config
@@ -53,7 +79,29 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
-    let result = apply(&mut client).await;
+    // After the migrators' own lock: waiting for another node's migration is fine.
+    client
+        .batch_execute(&format!(
+            "SET lock_timeout = '{}ms'",
+            options.lock_timeout.as_millis()
+        ))
+        .await?;
+    let mut attempt = 1;
+    let result = loop {
+        match apply(&mut client).await {
+            Err(e) if is_lock_timeout(&e) && attempt < options.attempts => {
+                let pause = Duration::from_millis(200 * u64::from(attempt.min(10)));
+                tracing::warn!(
+                    attempt,
+                    ?pause,
+                    "migrate: a table is locked by another transaction; retrying"
+                );
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+            result => break result,
+        }
+    };
     // The lock is session-scoped; dropping the connection releases it even if this fails.
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
@@ -61,6 +109,17 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
     drop(client);
     let _ = connection.await;
     result
+}
+
+/// `lock_timeout` fired (SQLSTATE 55P03), wherever in the chain it is.
+fn is_lock_timeout(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(|e| e.code())
+            .is_some_and(|code| *code == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+            || cause.to_string().contains("lock timeout")
+    })
 }
 
 async fn apply(client: &mut tokio_postgres::Client) -> anyhow::Result<()> {

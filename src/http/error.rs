@@ -82,6 +82,12 @@ impl Error {
             Some("22003") => Some(Error::Unprocessable(
                 "a number in the request is out of range".into(),
             )),
+            // lock_timeout, statement_timeout (the pool's session limits): the
+            // data is busy, not wrong; nothing was changed, so a retry is safe.
+            Some("55P03") | Some("57014") => Some(Error::Unavailable(
+                "the database is busy with this record (a lock or a long statement): retry shortly"
+                    .into(),
+            )),
             _ => None,
         }
     }
@@ -150,12 +156,19 @@ impl IntoResponse for Error {
         }
         let problem = this.problem();
         let status = this.status_code();
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             Json(problem),
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 here is temporary (busy, not configured yet, shutting down).
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

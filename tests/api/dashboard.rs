@@ -109,6 +109,9 @@ fn simulate(
         database: DatabaseConfig {
             database_url: Secret::new(&db.url),
             db_max_connections: 2,
+            db_statement_timeout_ms: 10_000,
+            db_lock_timeout_ms: 3_000,
+            db_idle_in_transaction_timeout_ms: 30_000,
         },
         partner_id,
         amount: amount.into(),

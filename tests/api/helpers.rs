@@ -144,6 +144,9 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
             database_url: Secret::new(database_url),
             // Small: two tests run at once, each with up to two nodes, on a stock max_connections = 100.
             db_max_connections: 6,
+            db_statement_timeout_ms: 10_000,
+            db_lock_timeout_ms: 3_000,
+            db_idle_in_transaction_timeout_ms: 30_000,
         },
         bind_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_bind_addr: None,

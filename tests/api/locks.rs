@@ -334,3 +334,48 @@ async fn reapplying_parked_events_while_their_payment_arrives_does_not_deadlock(
     );
     assert_eq!(app.count("SELECT count(*) FROM commission_audit").await, 0);
 }
+
+#[tokio::test]
+async fn a_request_behind_a_locked_row_gets_a_503_to_retry_instead_of_queueing() {
+    let db = TestDatabase::new().await;
+    let app = crate::helpers::spawn_app_with(db, |config| {
+        config.database.db_lock_timeout_ms = 300;
+    })
+    .await;
+    // The API pool's sessions carry the limits (the same call the node makes).
+    let mut config = crate::helpers::serve_config(&app.db.url);
+    config.database.db_lock_timeout_ms = 300;
+    let pool = commissions::db::connect_pool(&app.db.url, 1, config.database.session_limits())
+        .await
+        .unwrap();
+    let limits: (String, String, String) = sqlx::query_as(
+        "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'), current_setting('idle_in_transaction_session_timeout')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(limits, ("300ms".into(), "10s".into(), "30s".into()));
+
+    let partner = create_partner(&app.db.pool, "Acme", None).await;
+    let payment = create_payment(&app.db.pool, "100.00", "NGN", Some(partner)).await;
+    let mut dba = app.db.connect().await;
+    let open = dba.transaction().await.unwrap();
+    open.execute(
+        "SELECT 1 FROM payments WHERE id = $1 FOR UPDATE",
+        &[&payment],
+    )
+    .await
+    .unwrap();
+    let response = app
+        .post_as(
+            &admin_token(),
+            &format!("/api/payments/{payment}/verify"),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    open.commit().await.unwrap();
+    app.verify(payment).await;
+    assert_eq!(app.count("SELECT count(*) FROM commission_audit").await, 0);
+}

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use commissions::db;
 
-use crate::helpers::TestDatabase;
+use crate::helpers::{create_partner, create_payment, TestDatabase};
 
 #[tokio::test]
 async fn migrate_runs_again_without_change_and_concurrently() {
@@ -66,4 +66,51 @@ async fn every_table_column_view_and_function_has_a_comment() {
         missing.is_empty(),
         "objects without COMMENT ON: {missing:?}"
     );
+}
+
+#[tokio::test]
+async fn a_migration_behind_an_open_transaction_lets_the_engine_run_meanwhile() {
+    use commissions::db::{migrate_with, MigrateOptions};
+
+    let db = TestDatabase::new().await;
+    let partner = create_partner(&db.pool, "Acme", None).await;
+    let payment = create_payment(&db.pool, "100.00", "NGN", Some(partner)).await;
+    // A DBA's transaction that wrote to payments and stays open: replacing a
+    // trigger on payments must wait for it.
+    let mut dba = db.connect().await;
+    let open = dba.transaction().await.unwrap();
+    open.execute(
+        "INSERT INTO payments (amount, currency, partner_id) VALUES (1, 'NGN', $1)",
+        &[&partner],
+    )
+    .await
+    .unwrap();
+    let url = db.url.clone();
+    let migration = tokio::spawn(async move {
+        migrate_with(
+            &url,
+            MigrateOptions {
+                lock_timeout: std::time::Duration::from_millis(100),
+                attempts: 1_000,
+            },
+        )
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Meanwhile a verification does not queue behind the waiting migration.
+    let verifier = db.connect().await;
+    verifier
+        .batch_execute("SET lock_timeout = '2s'")
+        .await
+        .unwrap();
+    verifier
+        .execute("SELECT verify_payment($1)", &[&payment])
+        .await
+        .expect("the engine runs while the migration waits its turn");
+    assert!(!migration.is_finished(), "the migration is still waiting");
+    open.commit().await.unwrap();
+    migration
+        .await
+        .unwrap()
+        .expect("the migration completes once the transaction ends");
 }

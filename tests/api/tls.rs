@@ -273,7 +273,9 @@ fn append(path: &Path, text: &str) {
 
 /// Through the pool (sqlx): is this session encrypted? Or the error, in full.
 async fn pool_session_is_tls(url: &str) -> Result<bool, String> {
-    let pool = db::connect_pool(url, 1).await.map_err(|e| e.to_string())?;
+    let pool = db::connect_pool(url, 1, Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
     let ssl = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
         .fetch_one(&pool)
         .await
@@ -313,7 +315,9 @@ async fn the_pool_the_migrator_and_the_listen_connection_reach_a_server_that_tak
         .await
         .expect("the migrator connects with verify-full");
     let node = spawn_node(&url, |_| {}).await;
-    let pool = db::connect_pool(&url, 2).await.expect("the pool connects");
+    let pool = db::connect_pool(&url, 2, Default::default())
+        .await
+        .expect("the pool connects");
     let partner = create_partner(&pool, "Acme", None).await;
 
     // REST, which reads through the pool.
