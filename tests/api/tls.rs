@@ -3,21 +3,15 @@
 //! test makes, and a pg_hba.conf that refuses every connection without TLS.
 //! The pool (sqlx), the migrator and the LISTEN connection (tokio-postgres)
 //! all have to get through it.
-//!
-//! The cluster needs the PostgreSQL server binaries (as scripts/ensure-postgres
-//! does); without them these tests fail, saying so, rather than skip.
+//! The cluster is tests/api/cluster.rs's.
 
-use std::{
-    net::TcpListener,
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{os::unix::fs::PermissionsExt, path::PathBuf};
 
 use commissions::db;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 use crate::{
+    cluster::Cluster,
     helpers::{create_partner, create_payment, spawn_node},
     realtime::{admin_token, events, open, partner_token},
 };
@@ -53,50 +47,9 @@ fn certificates() -> Certificates {
     }
 }
 
-/// A bin directory with initdb and pg_ctl, found as scripts/ensure-postgres finds it.
-fn server_bindir() -> PathBuf {
-    let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if out.status.success() && has_server(&dir) {
-            return dir;
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-        .filter(|(_, dir)| has_server(dir))
-        .collect();
-    versions.sort();
-    match versions.pop() {
-        Some((_, dir)) => dir,
-        None => panic!(
-            "the TLS tests start a PostgreSQL cluster of their own and found no server binaries \
-             (initdb, pg_ctl) via `pg_config --bindir` or in /usr/lib/postgresql/*/bin: \
-             install PostgreSQL (scripts/ensure-postgres does it with apt-get)"
-        ),
-    }
-}
-
-fn run(command: &mut Command, what: &str) {
-    let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A cluster that accepts TLS connections only, stopped and deleted on drop.
 struct TlsCluster {
-    dir: PathBuf,
-    bindir: PathBuf,
-    /// The OS user that owns the cluster when the tests run as root (initdb refuses root).
-    owner: Option<String>,
-    port: u16,
+    cluster: Cluster,
     /// The CA that signed the server's certificate, and one that did not.
     ca: PathBuf,
     wrong_ca: PathBuf,
@@ -104,171 +57,44 @@ struct TlsCluster {
 
 impl TlsCluster {
     fn start() -> Self {
-        let bindir = server_bindir();
-        let owner = (unsafe { libc::geteuid() } == 0).then(cluster_owner);
-        let dir = std::env::temp_dir().join(format!("commissions-tls-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cluster = Self {
-            ca: dir.join("ca.pem"),
-            wrong_ca: dir.join("wrong-ca.pem"),
-            dir,
-            bindir,
-            owner,
-            port,
-        };
-        cluster.init();
-        cluster
-    }
-
-    fn init(&mut self) {
+        let cluster = Cluster::init("tls");
+        let dir = cluster.dir.clone();
         let certificates = certificates();
-        std::fs::write(&self.ca, &certificates.ca).unwrap();
-        std::fs::write(
-            &self.wrong_ca,
-            certificate_authority("someone else's CA").pem(),
-        )
-        .unwrap();
-        let cert = self.dir.join("server.crt");
-        let key = self.dir.join("server.key");
+        let ca = dir.join("ca.pem");
+        let wrong_ca = dir.join("wrong-ca.pem");
+        std::fs::write(&ca, &certificates.ca).unwrap();
+        std::fs::write(&wrong_ca, certificate_authority("someone else's CA").pem()).unwrap();
+        let cert = dir.join("server.crt");
+        let key = dir.join("server.key");
         std::fs::write(&cert, &certificates.server_cert).unwrap();
         std::fs::write(&key, &certificates.server_key).unwrap();
         // PostgreSQL refuses a key that others may read.
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        if let Some(owner) = &self.owner {
-            let (uid, gid) = ids(owner);
-            for path in [&self.dir, &key] {
-                std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
-            }
-        }
-
-        let data = self.dir.join("data");
-        run(
-            self.as_owner("initdb")
-                .arg("-D")
-                .arg(&data)
-                .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8"])
-                .args(["--no-locale", "--no-sync"]),
-            "initdb",
-        );
-        let settings = format!(
-            "\n# Written by tests/api/tls.rs: a throwaway cluster that takes TLS only.\n\
-             listen_addresses = '127.0.0.1'\nport = {port}\n\
-             unix_socket_directories = '{dir}'\n\
-             ssl = on\nssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n\
-             fsync = off\nmax_connections = 50\ndynamic_shared_memory_type = mmap\n",
-            port = self.port,
-            dir = self.dir.display(),
+        cluster.give_to_owner(&key);
+        cluster.configure(&format!(
+            "\n# Written by tests/api/tls.rs: this cluster takes TLS only.\n\
+             ssl = on\nssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n",
             cert = cert.display(),
             key = key.display(),
-        );
-        append(&data.join("postgresql.conf"), &settings);
+        ));
         std::fs::write(
-            data.join("pg_hba.conf"),
+            cluster.data().join("pg_hba.conf"),
             "local all all trust\n\
              hostssl all all 127.0.0.1/32 trust\n\
              hostnossl all all 127.0.0.1/32 reject\n",
         )
         .unwrap();
-        let log = self.dir.join("postgres.log");
-        let started = self
-            .as_owner("pg_ctl")
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(&log)
-            .args(["-w", "-t", "60", "start"])
-            .output()
-            .expect("pg_ctl start");
-        assert!(
-            started.status.success(),
-            "the TLS test cluster did not start: {}\n{}",
-            String::from_utf8_lossy(&started.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        cluster.start();
+        Self {
+            cluster,
+            ca,
+            wrong_ca,
+        }
     }
 
-    /// One of the server's binaries, run as the cluster's owner.
-    fn as_owner(&self, binary: &str) -> Command {
-        let program = self.bindir.join(binary);
-        let mut command = match &self.owner {
-            None => Command::new(program),
-            Some(owner) => {
-                let mut command = Command::new("runuser");
-                command.args(["-u", owner, "--"]).arg(program);
-                command
-            }
-        };
-        // The owner may not be allowed into the working directory.
-        command.current_dir(&self.dir);
-        command
-    }
-
-    /// A URL to the cluster's `postgres` database with these parameters.
     fn url(&self, host: &str, query: &str) -> String {
-        format!("postgres://postgres@{host}:{}/postgres?{query}", self.port)
+        self.cluster.url(host, query)
     }
-}
-
-impl Drop for TlsCluster {
-    fn drop(&mut self) {
-        let _ = self
-            .as_owner("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The user scripts/ensure-postgres runs its cluster as: `postgres` if it
-/// exists, else `commissions-pg`, created if need be.
-fn cluster_owner() -> String {
-    let exists = |user: &str| {
-        Command::new("id")
-            .args(["-u", user])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if exists("postgres") {
-        return "postgres".into();
-    }
-    let user = "commissions-pg";
-    if !exists(user) {
-        run(
-            Command::new("useradd").args([
-                "--system",
-                "--no-create-home",
-                "--home-dir",
-                "/nonexistent",
-                "--shell",
-                "/usr/sbin/nologin",
-                user,
-            ]),
-            "useradd commissions-pg (initdb refuses root)",
-        );
-    }
-    user.into()
-}
-
-fn ids(user: &str) -> (u32, u32) {
-    let id = |flag: &str| {
-        let out = Command::new("id").args([flag, user]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
-    (id("-u"), id("-g"))
-}
-
-fn append(path: &Path, text: &str) {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
-    file.write_all(text.as_bytes()).unwrap();
 }
 
 /// Through the pool (sqlx): is this session encrypted? Or the error, in full.
