@@ -38,6 +38,8 @@
 //!   back short and no newer live event has arrived, so its inbox never has
 //!   to buffer a long replay.
 
+/// A socket's place in its room's order, and what to do with each event.
+pub mod cursor;
 pub mod feed;
 pub mod hub;
 pub mod inbox;

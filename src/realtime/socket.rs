@@ -42,6 +42,7 @@ use tokio::{
 };
 
 use super::{
+    cursor::{Cursor, Step},
     hub::{LiveEvent, Notice, RoomKey},
     inbox::Inbox,
     Relay, UserSlot,
@@ -311,7 +312,7 @@ impl Session {
             shutdown: relay.inner.shutdown.subscribe(),
             log: relay.inner.log.clone(),
             room,
-            last: 0,
+            cursor: Cursor::resume(room, None, 0),
             last_heard: now,
             next_ping: now + Duration::from_millis(config.ws_ping_interval_ms),
             ping_interval: Duration::from_millis(config.ws_ping_interval_ms),
@@ -340,8 +341,8 @@ struct Stream {
     shutdown: watch::Receiver<bool>,
     log: EventLog,
     room: RoomKey,
-    /// The last `seq` (partner room) or `position` (admin room) sent.
-    last: i64,
+    /// What was sent last, and the rule for what comes next.
+    cursor: Cursor,
     last_heard: Instant,
     next_ping: Instant,
     ping_interval: Duration,
@@ -350,14 +351,6 @@ struct Stream {
 }
 
 impl Stream {
-    /// The event's number in this room's order.
-    fn coordinate(&self, seq: i64, position: i64) -> i64 {
-        match self.room {
-            RoomKey::Partner(_) => seq,
-            RoomKey::Admin => position,
-        }
-    }
-
     /// Waits for the LISTEN, reads the head, sends `ready` and the replay.
     async fn open(
         &mut self,
@@ -408,8 +401,7 @@ impl Stream {
                 (ready, head.position, head.missed)
             }
         };
-        // A cursor beyond the head (a client of another database?) resumes from the head.
-        self.last = since.map_or(head, |since| since.min(head));
+        self.cursor = Cursor::resume(self.room, since, head);
         self.send(Message::Text(ready.into())).await?;
         // The inbox has been replaying since before the join (see `run`):
         // if anything arrived since, it is read from the log here too.
@@ -465,15 +457,13 @@ impl Stream {
     /// The cursor rule: drop what was sent, queue the next, repair a gap from
     /// the log. The caller flushes.
     async fn forward(&mut self, event: &LiveEvent) -> Result<(), End> {
-        let at = self.coordinate(event.seq, event.position);
-        if at <= self.last {
-            return Ok(());
-        }
-        if matches!(self.room, RoomKey::Partner(_)) && at > self.last + 1 {
-            return Box::pin(self.catch_up(at)).await;
+        match self.cursor.on_live(event.seq, event.position) {
+            Step::Drop => return Ok(()),
+            Step::ReadLog { want } => return Box::pin(self.catch_up(want)).await,
+            Step::Send => {}
         }
         self.feed(Message::Text(event.text.clone())).await?;
-        self.last = at;
+        self.cursor.sent(event.seq, event.position);
         metrics::counter!("realtime_events_sent_total").increment(1);
         Ok(())
     }
@@ -490,21 +480,19 @@ impl Stream {
             let page = match self.room {
                 RoomKey::Partner(partner_id) => {
                     self.log
-                        .partner_since(partner_id, self.last, REPLAY_PAGE)
+                        .partner_since(partner_id, self.cursor.last(), REPLAY_PAGE)
                         .await
                 }
-                RoomKey::Admin => self.log.all_since(self.last, REPLAY_PAGE).await,
+                RoomKey::Admin => self.log.all_since(self.cursor.last(), REPLAY_PAGE).await,
             }
             .map_err(internal)?;
             let full = page.len() as i64 == REPLAY_PAGE;
             let empty = page.is_empty();
             for event in page {
-                let at = self.coordinate(event.seq, event.position);
-                if at > self.last {
+                if self.cursor.on_replayed(event.seq, event.position) {
                     let message = Message::Text(Utf8Bytes::from(event.json));
                     self.replay_write(|socket| Box::pin(socket.feed(message)))
                         .await?;
-                    self.last = at;
                     metrics::counter!("realtime_events_replayed_total").increment(1);
                 }
             }
@@ -512,7 +500,7 @@ impl Stream {
             if full {
                 continue;
             }
-            if want > self.last {
+            if want > self.cursor.last() {
                 if empty {
                     // The event that asked for this read came from the log;
                     // not finding it there means something is badly off.
@@ -520,7 +508,7 @@ impl Stream {
                     if empty_reads > 50 {
                         tracing::error!(
                             want,
-                            last = self.last,
+                            last = self.cursor.last(),
                             "realtime: an event seen in the log is missing from it"
                         );
                         return Err(End::INTERNAL);
@@ -695,4 +683,78 @@ fn is_ping(text: &str) -> bool {
         kind: std::borrow::Cow<'a, str>,
     }
     serde_json::from_str::<ClientMessage>(text).is_ok_and(|m| m.kind == "ping")
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn query(token: Option<&str>) -> StreamQuery {
+        StreamQuery {
+            token: token.map(str::to_owned),
+            since: None,
+            partner_id: None,
+        }
+    }
+
+    fn header_value() -> impl Strategy<Value = Option<HeaderValue>> {
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..60))
+            .prop_map(|bytes| bytes.and_then(|b| HeaderValue::from_bytes(&b).ok()))
+    }
+
+    proptest! {
+        /// Whatever a client puts in the three places, a token or none, never
+        /// a panic; `?token=` wins.
+        #[test]
+        fn any_handshake_headers_give_a_token_or_none(
+            token in proptest::option::of(".{0,20}"),
+            authorization in header_value(),
+            protocols in proptest::collection::vec(header_value(), 0..3),
+        ) {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = authorization {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            for value in protocols.into_iter().flatten() {
+                headers.append(header::SEC_WEBSOCKET_PROTOCOL, value);
+            }
+            let query = query(token.as_deref());
+            let found = bearer_token(&query, &headers);
+            if let Some(token) = &token {
+                prop_assert_eq!(found, Some(token.as_str()));
+            }
+        }
+
+        #[test]
+        fn each_place_of_the_token_is_read(
+            token in "[A-Za-z0-9._-]{1,120}",
+            scheme in "[Bb][Ee][Aa][Rr][Ee][Rr]",
+            others in proptest::collection::vec("[a-z0-9.]{1,10}", 0..3),
+        ) {
+            let none = query(None);
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("{scheme} {token}")).unwrap());
+            prop_assert_eq!(bearer_token(&none, &headers), Some(token.as_str()));
+
+            let mut offered = others.clone();
+            offered.extend(["bearer".to_owned(), token.clone()]);
+            let mut headers = HeaderMap::new();
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(&offered.join(", ")).unwrap());
+            prop_assert_eq!(bearer_token(&none, &headers), Some(token.as_str()));
+        }
+
+        /// A client frame is a ping exactly when it is a JSON object whose
+        /// `type` is `"ping"`, whatever else it carries; anything else is no ping.
+        #[test]
+        fn only_a_ping_message_is_a_ping(text in ".{0,40}", extra in "[a-z]{1,6}", value in any::<i64>()) {
+            prop_assert!(!is_ping(&text) || text.contains("ping"));
+            let ping = format!(r#"{{"{extra}x":{value},"type":"ping"}}"#);
+            prop_assert!(is_ping(&ping));
+            let other = format!(r#"{{"type":"{extra}"}}"#);
+            prop_assert_eq!(is_ping(&other), extra == "ping");
+        }
+    }
 }
