@@ -139,3 +139,48 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderValue, Request};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn parts(authorization: HeaderValue) -> Parts {
+        let mut request = Request::new(());
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, authorization);
+        request.into_parts().0
+    }
+
+    proptest! {
+        /// Any header a client can send: a token or a 401, never a panic, and
+        /// a token is never empty nor padded.
+        #[test]
+        fn any_authorization_header_is_a_token_or_a_401(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let Ok(value) = HeaderValue::from_bytes(&bytes) else { return Ok(()) };
+            let parts = parts(value);
+            match bearer_token(&parts) {
+                Ok(token) => {
+                    prop_assert!(!token.is_empty());
+                    prop_assert_eq!(token, token.trim());
+                    prop_assert!(bytes.starts_with(b"Bearer ") || bytes.starts_with(b"bearer "));
+                }
+                Err(e) => prop_assert!(matches!(e, Error::Unauthorized(_))),
+            }
+        }
+
+        #[test]
+        fn a_bearer_token_is_read_back_exactly(
+            scheme in prop::sample::select(vec!["Bearer", "bearer"]),
+            token in "[A-Za-z0-9._~+/=-]{1,200}",
+            padding in " {0,3}",
+        ) {
+            let value = HeaderValue::from_str(&format!("{scheme} {padding}{token}{padding}")).unwrap();
+            let parts = parts(value);
+            prop_assert_eq!(bearer_token(&parts).ok(), Some(token.as_str()));
+        }
+    }
+}

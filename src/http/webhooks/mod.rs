@@ -19,6 +19,8 @@
 
 /// Paystack: `x-paystack-signature`, HMAC-SHA512 of the raw body.
 pub mod paystack;
+#[cfg(test)]
+mod properties;
 /// Stripe: `Stripe-Signature`, `t=…,v1=…` HMAC-SHA256 over `t.body`.
 pub mod stripe;
 
