@@ -65,6 +65,13 @@ pub struct Problem {
 impl Error {
     /// Our engine raises its own SQLSTATEs (see `sql/`); map them to what they mean over HTTP.
     fn from_database(error: &sqlx::Error) -> Option<Error> {
+        // Every pooled connection stayed busy for the pool's acquire timeout:
+        // nothing was sent to the database, so a retry is safe.
+        if matches!(error, sqlx::Error::PoolTimedOut) {
+            return Some(Error::Unavailable(
+                "every database connection is busy: retry shortly".into(),
+            ));
+        }
         let db = error.as_database_error()?;
         let message = db.message().to_owned();
         match db.code().as_deref() {
