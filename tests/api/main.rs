@@ -2,11 +2,13 @@
 //! own freshly migrated database, so they all run in parallel.
 
 mod callers;
+mod cluster;
 mod helpers;
 
 mod auth;
 mod dashboard;
 mod engine;
+mod faults;
 mod jwks;
 mod locks;
 mod migrate;
