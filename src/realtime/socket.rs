@@ -108,7 +108,7 @@ pub async fn notifications(
         ));
     }
     let Query(query) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
-    let token = bearer_token(&query, &headers).ok_or_else(|| {
+    let token = handshake_token(&query, &headers).ok_or_else(|| {
         Error::Unauthorized(
             "a token is required: ?token=, Authorization: Bearer <token>, or Sec-WebSocket-Protocol: bearer, <token>".into(),
         )
@@ -161,8 +161,9 @@ pub async fn notifications(
         .on_upgrade(move |ws| session.run(ws)))
 }
 
-/// The token from the query, the Authorization header, or the subprotocol list.
-fn bearer_token<'a>(query: &'a StreamQuery, headers: &'a HeaderMap) -> Option<&'a str> {
+/// The token from the query, the Authorization header (read by the
+/// service's one parser, [`crate::auth::bearer_token`]), or the subprotocol list.
+fn handshake_token<'a>(query: &'a StreamQuery, headers: &'a HeaderMap) -> Option<&'a str> {
     if let Some(token) = query.token.as_deref() {
         return Some(token);
     }
@@ -170,8 +171,7 @@ fn bearer_token<'a>(query: &'a StreamQuery, headers: &'a HeaderMap) -> Option<&'
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+        return crate::auth::bearer_token(value);
     }
     // `Sec-WebSocket-Protocol: bearer, <token>`: the token follows `bearer`.
     let mut offered = headers
