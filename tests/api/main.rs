@@ -7,6 +7,7 @@ mod helpers;
 mod auth;
 mod dashboard;
 mod engine;
+mod idempotency;
 mod jwks;
 mod locks;
 mod migrate;
