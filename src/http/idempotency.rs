@@ -107,7 +107,7 @@ async fn replay_or_record(state: AppState, request: Request, next: Next) -> Resu
         // Another request claimed the key between the look and the claim.
         return Ok(earlier_request(&state, &scope, &hash)
             .await?
-            .unwrap_or_else(|| in_progress(false).into_response()));
+            .unwrap_or_else(|| in_progress(false)));
     }
 
     // The claim is committed and no connection is held while the handler runs.
@@ -162,16 +162,24 @@ async fn earlier_request(state: &AppState, scope: &Scope, hash: &str) -> Result<
             &body,
             stored.response_content_type.as_deref(),
         ))),
-        _ => Err(in_progress(stored.stuck)),
+        _ => Ok(Some(in_progress(stored.stuck))),
     }
 }
 
-fn in_progress(stuck: bool) -> Error {
-    Error::Conflict(if stuck {
-        "the first request with this Idempotency-Key never recorded its outcome: check whether it took effect, then use a new key".into()
-    } else {
-        "a request with this Idempotency-Key is still in progress: retry shortly".into()
-    })
+/// 409. While the first request may still be running it carries
+/// `Retry-After: 1`; a stuck claim does not, as retrying will not help.
+fn in_progress(stuck: bool) -> Response {
+    if stuck {
+        return Error::Conflict("the first request with this Idempotency-Key never recorded its outcome: check whether it took effect, then use a new key".into()).into_response();
+    }
+    let mut response = Error::Conflict(
+        "a request with this Idempotency-Key is still in progress: retry shortly".into(),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 /// Claims the key in a statement of its own (committed at once); false if

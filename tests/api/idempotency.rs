@@ -116,6 +116,7 @@ async fn a_retry_after_the_response_failed_to_be_stored_never_repeats_the_effect
         .send()
         .await
         .unwrap();
+    assert_eq!(retry.headers().get("retry-after").unwrap(), "1");
     problem(retry, 409, "conflict").await;
     assert_eq!(
         app.count("SELECT count(*) FROM payments").await,
