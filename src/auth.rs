@@ -344,6 +344,21 @@ fn provider_key(jwk: &Jwk) -> Option<ProviderKey> {
     Some(ProviderKey { algorithm, key })
 }
 
+/// The token of an `Authorization` header value `Bearer <token>`: the one
+/// parser for the REST extractor, the idempotency layer and the WebSocket
+/// handshake, so that they never disagree about who is calling. The scheme
+/// is case-insensitive (RFC 7235 §2.1: `bearer`, `BEARER`); spaces around
+/// the token are allowed; anything else (another scheme, no token, a token
+/// with a space in it) is `None`.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once([' ', '\t'])?;
+    let token = token.trim_start_matches([' ', '\t']);
+    (scheme.eq_ignore_ascii_case("bearer")
+        && !token.is_empty()
+        && !token.contains(|c: char| c.is_ascii_whitespace()))
+    .then_some(token)
+}
+
 pub fn mint(claims: &Claims, secret: &str) -> String {
     encode(
         &Header::new(Algorithm::HS256),
@@ -351,4 +366,33 @@ pub fn mint(claims: &Claims, secret: &str) -> String {
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("HS256 signing with an in-memory key cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_nothing_else_passes() {
+        for value in [
+            "Bearer t.k.n",
+            "bearer t.k.n",
+            "BEARER t.k.n",
+            " Bearer   t.k.n  ",
+            "Bearer\tt.k.n",
+        ] {
+            assert_eq!(bearer_token(value), Some("t.k.n"), "{value:?}");
+        }
+        for value in [
+            "Basic dXNlcg==",
+            "Bearer",
+            "Bearer ",
+            "Bearert.k.n",
+            "Bearer a b",
+            "",
+            "t.k.n",
+        ] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+    }
 }

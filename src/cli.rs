@@ -35,9 +35,11 @@ pub fn mint_token(config: &TokenConfig, now: i64) -> anyhow::Result<String> {
         (TokenRole::Partner, Some(id)) => (Role::Partner, Some(id)),
         (TokenRole::Partner, None) => anyhow::bail!("a partner token needs --partner-id"),
     };
+    // Each admin token gets a subject of its own, so two admins' Idempotency-Keys
+    // (scoped to the subject) can never collide and replay each other's responses.
     let sub = config.sub.clone().unwrap_or_else(|| match partner_id {
         Some(id) => format!("partner:{id}"),
-        None => "admin".to_owned(),
+        None => format!("admin:{}", uuid::Uuid::new_v4()),
     });
     let claims = Claims {
         sub,

@@ -45,7 +45,8 @@ pub struct TokenConfig {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(i64).range(1..=31_536_000))]
     pub ttl: i64,
-    /// The token's subject (who it identifies); defaults to the role and partner.
+    /// The token's subject (who it identifies); defaults to `partner:<id>`,
+    /// or `admin:<random uuid>` so that no two admin tokens share a subject.
     #[arg(long)]
     pub sub: Option<String>,
 }

@@ -13,7 +13,7 @@ use axum::{
 
 use super::error::{Error, Result};
 use crate::{
-    auth::{AuthError, Claims},
+    auth::{self, AuthError, Claims},
     startup::AppState,
 };
 
@@ -44,12 +44,7 @@ fn bearer_token(parts: &Parts) -> Result<&str> {
     value
         .to_str()
         .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .and_then(auth::bearer_token)
         .ok_or_else(|| Error::Unauthorized("the Authorization header must be: Bearer <jwt>".into()))
 }
 

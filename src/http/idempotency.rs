@@ -1,21 +1,40 @@
 //! `Idempotency-Key` on admin POSTs: a client that retries after a lost
-//! response gets the first response again instead of a second payment or a
-//! 409. Keys are per caller (the token's `sub`). The same key with a
-//! different request (method, path or JSON body) is a 422.
+//! response gets the first response again instead of a second payment.
 //!
-//! The first request under a key runs while a transaction-scoped advisory
-//! lock on (caller, key) is held, and its response is stored in that same
-//! transaction. A request that finds the lock taken gets a 409 at once
-//! rather than waiting: a waiter would hold a pooled connection while the
-//! request it waits for needs one, and a burst could exhaust the pool. The
-//! client retries and then gets the replay. 5xx responses are not stored:
-//! the client may retry them. Requests without a valid admin
-//! token pass straight through to the handler, which refuses them.
+//! A key is scoped to (caller, method, route template, key): the caller is
+//! the token's `sub`, the route the matched template
+//! (`/api/payments/{id}/verify`). The request under it is identified by the
+//! method, the concrete path and the canonical JSON body: the same key on
+//! payment 5 and then payment 6, or with another body, is a 422, never a
+//! replay of the other request's response.
+//!
+//! Invariants:
+//! - The handler runs at most once per key. The key is claimed first (a row
+//!   `in_progress` with the request hash, committed in one short statement)
+//!   and only the request that inserted the claim runs the handler. A
+//!   concurrent or later request under a claim still `in_progress` gets a 409
+//!   (retry later) and never runs it; one under a `completed` key replays.
+//! - No connection is held by this layer while the handler runs, so a burst
+//!   cannot starve the pool: each request needs one connection at a time.
+//! - A claim is released (deleted) only when the handler answered 5xx: the
+//!   handlers make their effect and read their response in one transaction,
+//!   so a 5xx means that transaction rolled back and a retry is safe.
+//! - A claim whose response was never stored (the process died, the request
+//!   hit its deadline, or storing the response failed after the effect
+//!   committed) stays `in_progress` for good. That is the safe side: we cannot
+//!   tell whether the effect committed, and expiring the claim would let a
+//!   retry repeat a payment. The client gets 409s (after 5 minutes saying the
+//!   outcome is unknown); operators see it in `idempotency_stuck_claims` and
+//!   clear it with `release_idempotency_claim` once they know the effect did
+//!   not happen (migrations/V4__idempotency_claims.sql).
+//!
+//! Requests without a valid admin token pass straight through to the
+//! handler, which refuses them.
 
 use axum::{
-    body::{to_bytes, Body},
-    extract::{Request, State},
-    http::{header, HeaderValue},
+    body::{to_bytes, Body, Bytes},
+    extract::{MatchedPath, Request, State},
+    http::{header, request::Parts, HeaderValue, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -27,16 +46,29 @@ use super::{
     extractor::IdempotencyKey,
     MAX_BODY_BYTES,
 };
-use crate::startup::AppState;
+use crate::{auth, startup::AppState};
 
 /// Marks a replayed response.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// Keys stored before migration V4 were scoped to (caller, key) and carry
+/// this route; they are still honoured.
+const LEGACY_ROUTE: &str = "";
 
 pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
     match replay_or_record(state, request, next).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
+}
+
+/// Who sent which request under which key.
+struct Scope {
+    caller: String,
+    method: String,
+    route: String,
+    path: String,
+    key: String,
 }
 
 async fn replay_or_record(state: AppState, request: Request, next: Next) -> Result<Response> {
@@ -54,73 +86,179 @@ async fn replay_or_record(state: AppState, request: Request, next: Next) -> Resu
     let body = to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| Error::PayloadTooLarge(too_large_detail()))?;
-    let hash = request_hash(parts.method.as_str(), parts.uri.path(), &body);
+    let scope = Scope {
+        caller,
+        method: parts.method.as_str().to_owned(),
+        // This layer is a route_layer: the route has matched.
+        route: parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_else(|| parts.uri.path().to_owned()),
+        path: parts.uri.path().to_owned(),
+        key,
+    };
+    let hash = request_hash(&scope.method, &scope.path, &body);
 
-    let mut tx = state.db.begin().await?;
-    let locked = sqlx::query_scalar!(
-        r#"SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2)) AS "locked!""#,
-        caller,
-        key
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if !locked {
-        return Err(Error::Conflict(
-            "a request with this Idempotency-Key is still in progress: retry shortly".into(),
-        ));
+    if let Some(answer) = earlier_request(&state, &scope, &hash).await? {
+        return Ok(answer);
     }
-    let stored = sqlx::query!(
-        "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE caller = $1 AND key = $2",
-        caller,
-        key
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(stored) = stored {
-        tx.rollback().await?;
-        if stored.request_hash != hash {
-            return Err(Error::Unprocessable(
-                "this Idempotency-Key was already used with a different request: use a new key"
-                    .into(),
-            ));
-        }
-        return Ok(replay(stored.response_status, &stored.response_body));
+    if !claim(&state, &scope, &hash).await? {
+        // Another request claimed the key between the look and the claim.
+        return Ok(earlier_request(&state, &scope, &hash)
+            .await?
+            .unwrap_or_else(|| in_progress(false)));
     }
 
+    // The claim is committed and no connection is held while the handler runs.
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     if response.status().is_server_error() {
+        release(&state, &scope).await;
         return Ok(response);
     }
     let (parts, body) = response.into_parts();
     let bytes = to_bytes(body, usize::MAX)
         .await
         .map_err(|e| Error::Internal(anyhow::anyhow!("response body: {e}")))?;
-    if let Ok(json) = serde_json::from_slice::<Value>(&bytes) {
-        sqlx::query!(
-            "INSERT INTO idempotency_keys (caller, key, request_hash, response_status, response_body)
-             VALUES ($1, $2, $3, $4, $5)",
-            caller,
-            key,
-            hash,
-            parts.status.as_u16() as i16,
-            json
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-    }
+    store(&state, &scope, &parts, &bytes).await;
     Ok(Response::from_parts(parts, Body::from(bytes)))
 }
 
-/// The `sub` of a valid admin token, if the request carries one.
-async fn admin_subject(parts: &axum::http::request::Parts, state: &AppState) -> Option<String> {
-    let token = parts
+/// The answer to a request under a key already claimed: a replay, a 422 for
+/// a different request, or a 409 while the first is in progress. `None` if
+/// the key is free.
+async fn earlier_request(state: &AppState, scope: &Scope, hash: &str) -> Result<Option<Response>> {
+    let stored = sqlx::query!(
+        r#"SELECT request_hash, state, response_status, response_body, response_content_type,
+                  created_at < now() - interval '5 minutes' AS "stuck!"
+             FROM idempotency_keys
+            WHERE caller = $1 AND key = $4
+              AND ((method = $2 AND route = $3) OR route = $5)
+            ORDER BY route = $5
+            LIMIT 1"#,
+        scope.caller,
+        scope.method,
+        scope.route,
+        scope.key,
+        LEGACY_ROUTE,
+    )
+    .fetch_optional(&state.db)
+    .await?;
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
+    if stored.request_hash != hash {
+        return Err(Error::Unprocessable(
+            "this Idempotency-Key was already used with a different request: use a new key".into(),
+        ));
+    }
+    match (
+        stored.state.as_str(),
+        stored.response_status,
+        stored.response_body,
+    ) {
+        ("completed", Some(status), Some(body)) => Ok(Some(replay(
+            status,
+            &body,
+            stored.response_content_type.as_deref(),
+        ))),
+        _ => Ok(Some(in_progress(stored.stuck))),
+    }
+}
+
+/// 409. While the first request may still be running it carries
+/// `Retry-After: 1`; a stuck claim does not, as retrying will not help.
+fn in_progress(stuck: bool) -> Response {
+    if stuck {
+        return Error::Conflict("the first request with this Idempotency-Key never recorded its outcome: check whether it took effect, then use a new key".into()).into_response();
+    }
+    let mut response = Error::Conflict(
+        "a request with this Idempotency-Key is still in progress: retry shortly".into(),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// Claims the key in a statement of its own (committed at once); false if
+/// another request holds it.
+async fn claim(state: &AppState, scope: &Scope, hash: &str) -> Result<bool> {
+    let claimed = sqlx::query!(
+        "INSERT INTO idempotency_keys (caller, method, route, path, key, request_hash, state)
+         VALUES ($1, $2, $3, $4, $5, $6, 'in_progress')
+         ON CONFLICT DO NOTHING",
+        scope.caller,
+        scope.method,
+        scope.route,
+        scope.path,
+        scope.key,
+        hash
+    )
+    .execute(&state.db)
+    .await?
+    .rows_affected();
+    Ok(claimed == 1)
+}
+
+/// After a 5xx: the handler's transaction rolled back, so the client may
+/// retry under the same key. If the release itself fails, the claim stays
+/// (safe: a retry gets a 409, never a second effect).
+async fn release(state: &AppState, scope: &Scope) {
+    let released = sqlx::query!(
+        "DELETE FROM idempotency_keys
+          WHERE caller = $1 AND method = $2 AND route = $3 AND key = $4 AND state = 'in_progress'",
+        scope.caller,
+        scope.method,
+        scope.route,
+        scope.key
+    )
+    .execute(&state.db)
+    .await;
+    if let Err(error) = released {
+        tracing::error!(%error, key = %scope.key, "cannot release an idempotency claim: retries get 409 until an operator releases it");
+    }
+}
+
+/// Stores the response for replays. If that fails, the effect has
+/// committed all the same: the client still gets its response, and the claim
+/// stays `in_progress` so that no retry repeats the effect.
+async fn store(state: &AppState, scope: &Scope, parts: &axum::http::response::Parts, body: &Bytes) {
+    let json = serde_json::from_slice::<Value>(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
+    let content_type = parts
         .headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")?;
-    let claims = state.verifier.verify(token.trim()).await.ok()?;
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let stored = sqlx::query!(
+        "UPDATE idempotency_keys
+            SET state = 'completed', response_status = $5, response_body = $6,
+                response_content_type = $7, completed_at = now()
+          WHERE caller = $1 AND method = $2 AND route = $3 AND key = $4 AND state = 'in_progress'",
+        scope.caller,
+        scope.method,
+        scope.route,
+        scope.key,
+        parts.status.as_u16() as i16,
+        json,
+        content_type
+    )
+    .execute(&state.db)
+    .await;
+    if let Err(error) = stored {
+        tracing::error!(%error, key = %scope.key, path = %scope.path, "cannot store an idempotent response: the claim stays in_progress (idempotency_stuck_claims)");
+    }
+}
+
+/// The `sub` of a valid admin token, if the request carries one.
+async fn admin_subject(parts: &Parts, state: &AppState) -> Option<String> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let claims = state
+        .verifier
+        .verify(auth::bearer_token(value)?)
+        .await
+        .ok()?;
     claims.is_admin().then_some(claims.sub)
 }
 
@@ -139,20 +277,23 @@ fn request_hash(method: &str, path: &str, body: &[u8]) -> String {
     hex::encode(sha.finalize())
 }
 
-fn replay(status: i16, body: &Value) -> Response {
-    let status =
-        axum::http::StatusCode::from_u16(status as u16).unwrap_or(axum::http::StatusCode::OK);
-    let content_type = if status.is_success() {
+fn replay(status: i16, body: &Value, content_type: Option<&str>) -> Response {
+    let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+    let default_type = if status.is_success() {
         "application/json"
     } else {
         "application/problem+json"
     };
-    let mut response = (
-        status,
-        [(header::CONTENT_TYPE, content_type)],
-        body.to_string(),
-    )
-        .into_response();
+    let content_type = content_type.unwrap_or(default_type);
+    // A body that was not JSON was stored as a JSON string of its text.
+    let body = match body {
+        Value::String(text) if !content_type.contains("json") => text.clone(),
+        json => json.to_string(),
+    };
+    let mut response = (status, body).into_response();
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
     response
         .headers_mut()
         .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));

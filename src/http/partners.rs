@@ -88,7 +88,7 @@ fn rate_violation(error: sqlx::Error) -> Error {
     })
 }
 
-async fn fetch_partner(db: &sqlx::PgPool, id: i64) -> Result<Partner> {
+async fn fetch_partner(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<Partner> {
     let row = sqlx::query!(
         r#"SELECT p.id, p.name, trim_scale(p.commission_rate)::text AS "commission_rate!", partner_last_seq(p.id) AS "last_seq!", p.created_at,
                   partner_totals(p.id) AS "totals!"
@@ -122,18 +122,20 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Partner>)> {
     caller.require_admin()?;
     check_name(&new.name)?;
+    // The partner and the response in one transaction: a failure answers 5xx
+    // with nothing written, so an Idempotency-Key retry is safe.
+    let mut tx = state.db.begin().await?;
     let id = sqlx::query_scalar!(
         "INSERT INTO partners (name, commission_rate) VALUES ($1, coalesce($2, 0.02)) RETURNING id",
         new.name.trim(),
         new.commission_rate.map(|r| r.0)
     )
-    .fetch_one(&state.db)
+    .fetch_one(&mut *tx)
     .await
     .map_err(rate_violation)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(fetch_partner(&state.db, id).await?),
-    ))
+    let partner = fetch_partner(&mut *tx, id).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(partner)))
 }
 
 /// A partner with its totals per currency and its latest event seq.

@@ -93,6 +93,9 @@ pub async fn create(
             "reference must have 1 to 200 characters and no NUL (\\u0000)".into(),
         ));
     }
+    // The payment and the response in one transaction: a failure answers 5xx
+    // with nothing written, so an Idempotency-Key retry is safe.
+    let mut tx = state.db.begin().await?;
     let id = sqlx::query_scalar!(
         "INSERT INTO payments (amount, currency, partner_id, provider, provider_reference)
          VALUES ($1, $2, $3, 'manual', $4) RETURNING id",
@@ -101,7 +104,7 @@ pub async fn create(
         new.partner_id,
         new.reference
     )
-    .fetch_one(&state.db)
+    .fetch_one(&mut *tx)
     .await
     .map_err(
         |e| match e.as_database_error().and_then(|d| d.constraint()) {
@@ -114,7 +117,9 @@ pub async fn create(
             }),
         },
     )?;
-    Ok((StatusCode::CREATED, Json(fetch(&state.db, id).await?)))
+    let payment = fetch(&mut *tx, id).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(payment)))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -109,7 +109,7 @@ pub async fn notifications(
         ));
     }
     let Query(query) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
-    let token = bearer_token(&query, &headers).ok_or_else(|| {
+    let token = handshake_token(&query, &headers).ok_or_else(|| {
         Error::Unauthorized(
             "a token is required: ?token=, Authorization: Bearer <token>, or Sec-WebSocket-Protocol: bearer, <token>".into(),
         )
@@ -162,8 +162,9 @@ pub async fn notifications(
         .on_upgrade(move |ws| session.run(ws)))
 }
 
-/// The token from the query, the Authorization header, or the subprotocol list.
-fn bearer_token<'a>(query: &'a StreamQuery, headers: &'a HeaderMap) -> Option<&'a str> {
+/// The token from the query, the Authorization header (read by the
+/// service's one parser, [`crate::auth::bearer_token`]), or the subprotocol list.
+fn handshake_token<'a>(query: &'a StreamQuery, headers: &'a HeaderMap) -> Option<&'a str> {
     if let Some(token) = query.token.as_deref() {
         return Some(token);
     }
@@ -171,8 +172,7 @@ fn bearer_token<'a>(query: &'a StreamQuery, headers: &'a HeaderMap) -> Option<&'
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+        return crate::auth::bearer_token(value);
     }
     // `Sec-WebSocket-Protocol: bearer, <token>`: the token follows `bearer`.
     let mut offered = headers
@@ -722,7 +722,7 @@ mod tests {
                 headers.append(header::SEC_WEBSOCKET_PROTOCOL, value);
             }
             let query = query(token.as_deref());
-            let found = bearer_token(&query, &headers);
+            let found = handshake_token(&query, &headers);
             if let Some(token) = &token {
                 prop_assert_eq!(found, Some(token.as_str()));
             }
@@ -737,13 +737,13 @@ mod tests {
             let none = query(None);
             let mut headers = HeaderMap::new();
             headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("{scheme} {token}")).unwrap());
-            prop_assert_eq!(bearer_token(&none, &headers), Some(token.as_str()));
+            prop_assert_eq!(handshake_token(&none, &headers), Some(token.as_str()));
 
             let mut offered = others.clone();
             offered.extend(["bearer".to_owned(), token.clone()]);
             let mut headers = HeaderMap::new();
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(&offered.join(", ")).unwrap());
-            prop_assert_eq!(bearer_token(&none, &headers), Some(token.as_str()));
+            prop_assert_eq!(handshake_token(&none, &headers), Some(token.as_str()));
         }
 
         /// A client frame is a ping exactly when it is a JSON object whose

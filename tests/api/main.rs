@@ -9,6 +9,7 @@ mod auth;
 mod dashboard;
 mod engine;
 mod faults;
+mod idempotency;
 mod jwks;
 mod locks;
 mod migrate;
