@@ -69,9 +69,6 @@ pub struct LiveEvent {
 #[derive(Debug, Clone)]
 pub enum Notice {
     Event(Arc<LiveEvent>),
-    /// The LISTEN connection was lost and is back: events may have been
-    /// missed, read the log from the socket's cursor.
-    Resync,
 }
 
 /// The hub's side of one socket.
@@ -252,22 +249,6 @@ impl Hub {
         let mut rooms = self.rooms();
         self.deliver_notice(&mut rooms, RoomKey::Admin, &notice);
         self.deliver_notice(&mut rooms, RoomKey::Partner(event.partner_id), &notice);
-    }
-
-    /// Tells every socket to read what it may have missed from the log.
-    pub fn resync(&self) {
-        let keys: Vec<RoomKey> = {
-            let rooms = self.rooms();
-            rooms
-                .partners
-                .keys()
-                .map(|&id| RoomKey::Partner(id))
-                .chain([RoomKey::Admin])
-                .collect()
-        };
-        for key in keys {
-            self.deliver_notice(&mut self.rooms(), key, &Notice::Resync);
-        }
     }
 
     fn deliver_notice(&self, rooms: &mut Rooms, key: RoomKey, notice: &Notice) {

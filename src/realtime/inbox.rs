@@ -127,15 +127,25 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::realtime::hub::LiveEvent;
+
+    fn notice() -> Notice {
+        Notice::Event(Arc::new(LiveEvent {
+            partner_id: 7,
+            seq: 1,
+            position: 1,
+            text: "{}".into(),
+        }))
+    }
 
     #[test]
     fn a_full_inbox_refuses_and_a_drained_one_accepts_again() {
         let inbox = Inbox::new(2);
-        assert!(inbox.push(Notice::Resync));
-        assert!(inbox.push(Notice::Resync));
-        assert!(!inbox.push(Notice::Resync), "full");
+        assert!(inbox.push(notice()));
+        assert!(inbox.push(notice()));
+        assert!(!inbox.push(notice()), "full");
         assert!(inbox.try_recv().is_some());
-        assert!(inbox.push(Notice::Resync));
+        assert!(inbox.push(notice()));
         assert!(inbox.try_recv().is_some());
         assert!(inbox.try_recv().is_some());
         assert!(inbox.try_recv().is_none());
@@ -144,23 +154,23 @@ mod tests {
     #[test]
     fn a_replaying_inbox_notes_arrivals_instead_of_queueing_them() {
         let inbox = Inbox::new(1);
-        inbox.push(Notice::Resync);
+        inbox.push(notice());
         inbox.begin_replay();
         assert!(inbox.try_recv().is_none(), "what was queued is in the log");
         for _ in 0..10 {
-            assert!(inbox.push(Notice::Resync), "never full while replaying");
+            assert!(inbox.push(notice()), "never full while replaying");
         }
         assert!(inbox.try_recv().is_none());
         assert!(inbox.end_replay(), "something arrived: read again");
         assert!(!inbox.end_replay(), "nothing since: live");
-        assert!(inbox.push(Notice::Resync));
-        assert!(!inbox.push(Notice::Resync), "live again: bounded");
+        assert!(inbox.push(notice()));
+        assert!(!inbox.push(notice()), "live again: bounded");
     }
 
     #[tokio::test]
     async fn a_notice_pushed_before_anyone_waits_is_received() {
         let inbox = Inbox::new(4);
-        inbox.push(Notice::Resync);
+        inbox.push(notice());
         let waiter = tokio::spawn({
             let inbox = inbox.clone();
             async move {
@@ -170,8 +180,11 @@ mod tests {
             }
         });
         tokio::task::yield_now().await;
-        inbox.push(Notice::Resync);
+        inbox.push(notice());
         let (first, second) = waiter.await.unwrap();
-        assert!(matches!((first, second), (Notice::Resync, Notice::Resync)));
+        assert!(matches!(
+            (first, second),
+            (Notice::Event(a), Notice::Event(b)) if a.seq == 1 && b.seq == 1
+        ));
     }
 }

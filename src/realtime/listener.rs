@@ -14,11 +14,9 @@
 //! knows its LISTEN is in force before it reads the head of the log.
 //!
 //! When the connection drops, the listener reconnects with backoff, LISTENs
-//! on every channel the rooms need at that moment, then tells the hub to
-//! resync (every socket reads from the event log what it may have missed
-//! while nothing was listening) and only then lets the new connection's
-//! notifications through, so a Resync always precedes them in an inbox.
-//! Commands queued meanwhile are executed after that, in order.
+//! on every channel the rooms need at that moment, then wakes the feed,
+//! which reads from its cursor whatever committed while nothing was
+//! listening. Commands queued meanwhile are executed after that, in order.
 
 use std::{
     sync::{
@@ -126,13 +124,14 @@ pub async fn run(
         backoff = BACKOFF_FIRST;
         if connected_before {
             metrics::counter!("realtime_listener_reconnects_total").increment(1);
-            tracing::info!("the LISTEN connection is back; sockets catch up from the event log");
-            hub.resync();
+            tracing::info!(
+                "the LISTEN connection is back; the feed reads what committed meanwhile"
+            );
         }
-        // Whatever committed while nothing was listening is read now.
+        // Whatever committed while nothing was listening is read now, from
+        // the feed's cursor: no socket needs to read the log itself (before
+        // the feed, every socket did, a thousand reads per reconnect).
         feed.wake();
-        // Only now may notifications of this connection reach the sockets:
-        // each inbox then holds the Resync before any of them (see `connect`).
         live.store(true, Ordering::Release);
         connected_before = true;
         loop {
@@ -165,11 +164,8 @@ pub async fn run(
 /// resolves when the connection ends.
 ///
 /// Notifications that arrive before the flag is set are dropped, and that
-/// loses nothing: the flag is set right after the hub's resync, so every
-/// socket still has a read of the log ahead of it, and a notified event is
-/// committed, hence in that read. Delivering them instead could put a new
-/// event ahead of the Resync in an admin socket's inbox; its cursor would then
-/// jump past the events missed while disconnected, which no gap reveals.
+/// loses nothing: the flag is set right after the feed is woken, and the
+/// feed reads everything after its cursor.
 async fn connect(
     config: &tokio_postgres::Config,
     tls: MakeRustlsConnect,

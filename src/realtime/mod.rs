@@ -4,7 +4,7 @@
 //! How it fits together:
 //! - [`listener`]: one LISTEN connection per node, always on the admin
 //!   channel (and per partner room in the partner mode); a notification
-//!   only wakes the feed. Reconnects and triggers a resync when it drops.
+//!   only wakes the feed. Reconnects and wakes the feed when it drops.
 //! - [`feed`]: reads every event after its cursor from the log on each
 //!   wake-up and hands it to the hub. NOTIFY payloads are never forwarded:
 //!   any login may NOTIFY, only the engine writes the log.
@@ -16,7 +16,8 @@
 //! Why no event is lost or repeated:
 //! - A partner's `seq` is gapless and in commit order (the engine's publisher
 //!   bumps `partner_streams.last_seq` at commit, under its row lock, held
-//!   through the commit) and PostgreSQL delivers NOTIFYs in commit order. So a partner socket keeps the next `seq` it expects: a
+//!   through the commit), and the feed hands events to the rooms in log
+//!   order. So a partner socket keeps the next `seq` it expects: a
 //!   live event below it is a duplicate and is dropped, the expected one is
 //!   sent, and one above it reveals a gap, which is read from the event log
 //!   before going on. Reconnects and races can only cause gaps or
@@ -25,11 +26,10 @@
 //!   gapless too (taken at commit from `event_log_head`). The room does not
 //!   rely on that (logs written by v1 have gaps where a transaction rolled
 //!   back), so it cannot use a jump to reveal a gap. It drops
-//!   `position <= last sent`, and after the LISTEN connection comes back it
-//!   reads everything after its cursor from the log. For that to be enough,
-//!   the Resync must reach the socket before any event of the new connection
-//!   (else the cursor would jump past the missed events): the listener holds
-//!   the new connection's notifications back until the hub has sent it.
+//!   `position <= last sent`. It needs no jump detection: the feed reads the
+//!   log by its own cursor, so it hands every event to the room, in order,
+//!   even across a lost LISTEN connection (it reads what it missed when the
+//!   connection is back).
 //! - Joining: the socket takes its seat first and waits until its LISTEN is
 //!   executed; only then does it read the head of the log, send `ready`, and
 //!   replay `(since, head]`. Any event that commits after the head was read

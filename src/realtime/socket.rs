@@ -442,7 +442,6 @@ impl Stream {
         while let Some(notice) = next {
             match notice {
                 Notice::Event(event) => self.forward(&event).await?,
-                Notice::Resync => Box::pin(self.catch_up(0)).await?,
             }
             handled += 1;
             next = if handled < LIVE_BATCH {
