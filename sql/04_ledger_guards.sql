@@ -12,7 +12,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION reject_ledger_change() IS
-    'Trigger function: refuses UPDATE, DELETE and TRUNCATE on the append-only tables commissions and commission_events.';
+    'Trigger function: refuses UPDATE, DELETE and TRUNCATE on the append-only tables (commissions, commission_events) and TRUNCATE of what the engine keeps from them.';
 
 CREATE OR REPLACE TRIGGER commissions_append_only
     BEFORE UPDATE OR DELETE ON commissions
@@ -49,6 +49,21 @@ CREATE OR REPLACE TRIGGER commission_events_engine_only
     FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
     EXECUTE FUNCTION reject_hand_insert();
 COMMENT ON TRIGGER commission_events_engine_only ON commission_events IS 'Only the engine writes events.';
+
+CREATE OR REPLACE TRIGGER partner_balances_no_truncate
+    BEFORE TRUNCATE ON partner_balances
+    FOR EACH STATEMENT EXECUTE FUNCTION reject_ledger_change();
+COMMENT ON TRIGGER partner_balances_no_truncate ON partner_balances IS 'Balances are sums of the ledger; emptying them would leave the ledger unmatched.';
+
+CREATE OR REPLACE TRIGGER partner_streams_no_truncate
+    BEFORE TRUNCATE ON partner_streams
+    FOR EACH STATEMENT EXECUTE FUNCTION reject_ledger_change();
+COMMENT ON TRIGGER partner_streams_no_truncate ON partner_streams IS 'Seqs restarting at 1 would repeat events to resuming clients.';
+
+CREATE OR REPLACE TRIGGER event_log_head_no_truncate
+    BEFORE TRUNCATE ON event_log_head
+    FOR EACH STATEMENT EXECUTE FUNCTION reject_ledger_change();
+COMMENT ON TRIGGER event_log_head_no_truncate ON event_log_head IS 'The admin position is the engine''s.';
 
 CREATE OR REPLACE TRIGGER disputes_no_truncate
     BEFORE TRUNCATE ON disputes

@@ -536,8 +536,23 @@ async fn the_ledger_and_totals_cannot_be_edited_by_hand() {
         .await
         .expect_err("truncate refused");
     assert!(err.as_db_error().unwrap().message().contains("append-only"));
+    for table in ["partner_balances", "partner_streams", "event_log_head"] {
+        let err = client
+            .batch_execute(&format!("TRUNCATE {table}"))
+            .await
+            .expect_err(table);
+        assert_eq!(err.as_db_error().unwrap().code().code(), "CM003", "{table}");
+    }
 
-    // A verified payment's amount and partner are settled.
+    // A verified payment's amount, partner and reference are settled.
+    let (code, message) = sql_error(
+        &db,
+        "UPDATE payments SET provider_reference = 'edited' WHERE id = $1",
+        payment,
+    )
+    .await;
+    assert_eq!(code, "CM001", "{message}");
+
     let (code, message) =
         sql_error(&db, "UPDATE payments SET amount = 1 WHERE id = $1", payment).await;
     assert_eq!(code, "CM001");
