@@ -263,6 +263,9 @@ DECLARE
     k record;
     e webhook_events;
 BEGIN
+    -- One re-apply at a time: each takes several references' locks in the
+    -- order of its events, and two at once could take them crosswise.
+    PERFORM pg_advisory_xact_lock(7164946332151808202);
     FOR k IN
         SELECT w.provider, w.event_id, w.reference FROM webhook_events w
          WHERE w.outcome = 'parked'

@@ -91,7 +91,7 @@ impl Error {
             )),
             // lock_timeout, statement_timeout (the pool's session limits): the
             // data is busy, not wrong; nothing was changed, so a retry is safe.
-            Some("55P03") | Some("57014") => Some(Error::Unavailable(
+            Some("55P03") | Some("57014") | Some("40P01") => Some(Error::Unavailable(
                 "the database is busy with this record (a lock or a long statement): retry shortly"
                     .into(),
             )),

@@ -227,8 +227,12 @@ async fn change_status(
     transition: Transition,
 ) -> Result<(Payment, Option<Commission>)> {
     let mut tx = state.db.begin().await?;
+    // The payment's lock first, then the ledger's last entry: an entry that a
+    // concurrent refund of this payment appends is then ours to wait for,
+    // never taken for the one this call appends.
     let before = sqlx::query_scalar!(
-        r#"SELECT coalesce(max(id), 0) AS "id!" FROM commissions WHERE payment_id = $1"#,
+        r#"SELECT coalesce(max(c.id), 0) AS "id!" FROM commissions c
+            WHERE c.payment_id = (SELECT p.id FROM lock_payment($1) p)"#,
         id
     )
     .fetch_one(&mut *tx)

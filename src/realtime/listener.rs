@@ -131,8 +131,10 @@ pub async fn run(
         // Whatever committed while nothing was listening is read now, from
         // the feed's cursor: no socket needs to read the log itself (before
         // the feed, every socket did, a thousand reads per reconnect).
-        feed.wake();
+        // Let notifications through first, then wake: one that lands in
+        // between is then a wake-up too, never dropped.
         live.store(true, Ordering::Release);
+        feed.wake();
         connected_before = true;
         loop {
             if pending.is_empty() {
@@ -164,8 +166,8 @@ pub async fn run(
 /// resolves when the connection ends.
 ///
 /// Notifications that arrive before the flag is set are dropped, and that
-/// loses nothing: the flag is set right after the feed is woken, and the
-/// feed reads everything after its cursor.
+/// loses nothing: the feed is woken right after the flag is set, and it
+/// reads everything after its cursor.
 async fn connect(
     config: &tokio_postgres::Config,
     tls: MakeRustlsConnect,
