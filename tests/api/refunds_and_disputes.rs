@@ -152,16 +152,15 @@ impl Watched {
     }
 
     /// The partner's ledger for one payment: (kind, amount) in order.
+    /// The ledger of the payment with this provider reference.
     async fn ledger(&self, reference: &str) -> Vec<(String, String)> {
-        sqlx::query_as(
-            "SELECT c.kind::text, round(c.amount, c.minor_units)::text
-               FROM commissions c JOIN payments p ON p.id = c.payment_id
-              WHERE p.provider_reference = $1 ORDER BY c.id",
-        )
-        .bind(reference)
-        .fetch_all(&self.app.db.pool)
-        .await
-        .unwrap()
+        let payment: i64 =
+            sqlx::query_scalar("SELECT id FROM payments WHERE provider_reference = $1")
+                .bind(reference)
+                .fetch_one(&self.app.db.pool)
+                .await
+                .unwrap();
+        self.ledger_by_id(payment).await
     }
 
     async fn totals(&self) -> Value {
