@@ -166,7 +166,7 @@ async fn earlier_request(state: &AppState, scope: &Scope, hash: &str) -> Result<
     }
 }
 
-/// 409. While the first request may still be running it carries
+/// The 409 answer. While the first request may still be running it carries
 /// `Retry-After: 1`; a stuck claim does not, as retrying will not help.
 fn in_progress(stuck: bool) -> Response {
     if stuck {

@@ -126,7 +126,7 @@ pub async fn create(
     // with nothing written, so an Idempotency-Key retry is safe.
     let mut tx = state.db.begin().await?;
     let id = sqlx::query_scalar!(
-        "INSERT INTO partners (name, commission_rate) VALUES ($1, coalesce($2, 0.02)) RETURNING id",
+        r#"SELECT create_partner($1, $2) AS "id!""#,
         new.name.trim(),
         new.commission_rate.map(|r| r.0)
     )
@@ -170,12 +170,12 @@ pub async fn update(
         check_name(name)?;
     }
     let updated = sqlx::query_scalar!(
-        "UPDATE partners SET name = coalesce($2, name), commission_rate = coalesce($3, commission_rate) WHERE id = $1 RETURNING id",
+        "SELECT update_partner($1, $2, $3) AS id",
         id,
         change.name.as_deref().map(str::trim),
         change.commission_rate.map(|r| r.0)
     )
-    .fetch_optional(&state.db)
+    .fetch_one(&state.db)
     .await
     .map_err(rate_violation)?;
     if updated.is_none() {

@@ -97,8 +97,7 @@ pub async fn create(
     // with nothing written, so an Idempotency-Key retry is safe.
     let mut tx = state.db.begin().await?;
     let id = sqlx::query_scalar!(
-        "INSERT INTO payments (amount, currency, partner_id, provider, provider_reference)
-         VALUES ($1, $2, $3, 'manual', $4) RETURNING id",
+        r#"SELECT record_payment($1, $2, $3, $4) AS "id!""#,
         amount,
         new.currency,
         new.partner_id,

@@ -18,6 +18,7 @@ mod payments;
 mod poison;
 mod realtime;
 mod refunds_and_disputes;
+mod roles;
 mod service;
 mod tls;
 mod webhooks;
