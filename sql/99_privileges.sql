@@ -1,4 +1,4 @@
--- Who may do what (the roles are made in migrations/V5__roles.sql). Applied
+-- Who may do what (the roles are made in migrations/V5__roles_and_applied_claims.sql). Applied
 -- last on every migrate, after every CREATE OR REPLACE above has reset its
 -- function to the defaults, so the lists below are the whole truth:
 --

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::{extract::State, http::StatusCode};
+use axum::{extract::State, http::StatusCode, Extension};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -14,6 +14,7 @@ use super::{
     commissions::{self, Commission},
     error::{on_constraint, Error, Result},
     extractor::{Caller, Json, Path, Query},
+    idempotency::{self, Claim},
     money::Rate,
     pagination,
 };
@@ -118,6 +119,7 @@ async fn fetch_partner(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<Partner
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    claim: Option<Extension<Claim>>,
     Json(new): Json<NewPartner>,
 ) -> Result<(StatusCode, Json<Partner>)> {
     caller.require_admin()?;
@@ -134,6 +136,7 @@ pub async fn create(
     .await
     .map_err(rate_violation)?;
     let partner = fetch_partner(&mut *tx, id).await?;
+    idempotency::mark_applied(&mut tx, claim.as_deref()).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(partner)))
 }

@@ -1,4 +1,4 @@
-//! The roles of migrations/V5__roles.sql and sql/99_privileges.sql, tried by
+//! The roles of migrations/V5__roles_and_applied_claims.sql and sql/99_privileges.sql, tried by
 //! logging in as each: the service may read and call the engine's entry
 //! points and nothing else; a DBA's read-only role may read everything and
 //! change nothing; no setting turns a guard off for anyone but the owner.
