@@ -51,7 +51,7 @@ use tower_http::{
     trace::{DefaultOnResponse, TraceLayer},
 };
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The largest request body accepted. Every body this API takes is a small
 /// JSON document; providers' webhook events are a few KiB.

@@ -51,7 +51,7 @@ use crate::{
     auth::{Claims, Role},
     events::EventLog,
     http::error::Error,
-    startup::AppState,
+    state::AppState,
 };
 
 /// The largest frame or message a client may send.
