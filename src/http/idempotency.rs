@@ -50,7 +50,7 @@ use super::{
     extractor::IdempotencyKey,
     MAX_BODY_BYTES,
 };
-use crate::{auth, startup::AppState};
+use crate::{auth, state::AppState};
 
 /// Marks a replayed response.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";

@@ -33,6 +33,8 @@ mod parked;
 mod partners;
 /// `/api/payments/...`: record, verify and refund by hand.
 mod payments;
+/// `/notifications`: the WebSocket upgrade, handed to `realtime::socket`.
+mod stream;
 /// `/webhooks/stripe` and `/webhooks/paystack`.
 pub mod webhooks;
 
@@ -51,7 +53,7 @@ use tower_http::{
     trace::{DefaultOnResponse, TraceLayer},
 };
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The largest request body accepted. Every body this API takes is a small
 /// JSON document; providers' webhook events are a few KiB.
@@ -92,7 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/notifications", get(crate::realtime::socket::notifications))
+        .route("/notifications", get(stream::notifications))
         .merge(crate::dashboard::routes())
         .merge(match state_metrics_elsewhere {
             true => Router::new(),

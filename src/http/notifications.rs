@@ -12,7 +12,7 @@ use super::{
     extractor::{Caller, Json, Path, Query},
     pagination,
 };
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Notification {

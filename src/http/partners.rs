@@ -18,7 +18,7 @@ use super::{
     money::Rate,
     pagination,
 };
-use crate::{events::EventLog, startup::AppState};
+use crate::{events::EventLog, state::AppState};
 
 /// A partner's totals in one currency.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

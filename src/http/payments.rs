@@ -17,7 +17,7 @@ use super::{
     metrics,
     money::{self, Amount},
 };
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Payment {
