@@ -28,7 +28,7 @@ DECLARE
     -- What the service (and an operator) calls.
     v_service   text[] := ARRAY[
         'lock_payment', 'change_payment_status', 'verify_payment', 'refund_payment', 'fail_payment',
-        'record_payment', 'create_partner', 'update_partner', 'mark_notification_read',
+        'record_payment', 'create_partner', 'update_partner', 'set_partner_recurring_months', 'mark_notification_read',
         'apply_webhook_event', 'record_rejected_webhook_event', 'reapply_parked_events'];
     v_definer   text[] := v_triggers || v_service;
     v_object    record;

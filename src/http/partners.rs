@@ -44,6 +44,10 @@ pub struct Partner {
     pub commission_rate: String,
     /// The partner's latest event seq (0 before the first); resume the socket from here.
     pub last_seq: i64,
+    /// How long a customer it brought keeps earning it commissions on later
+    /// payments (a subscription's invoices), in months from the customer's
+    /// first payment: null for the customer's lifetime, 0 for the first payment only.
+    pub recurring_months: Option<i32>,
     /// Per currency: `{"NGN": {"earned": "2.00", ...}}`.
     pub totals: BTreeMap<String, Totals>,
     pub created_at: DateTime<Utc>,
@@ -57,6 +61,11 @@ pub struct NewPartner {
     /// Defaults to "0.02".
     #[schema(value_type = Option<String>, example = "0.025")]
     pub commission_rate: Option<Rate>,
+    /// Months a customer it brings keeps earning (null: lifetime, 0: first
+    /// payment only). Absent: the program's default_recurring_months.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>, example = 12)]
+    pub recurring_months: Option<Option<i32>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -66,6 +75,47 @@ pub struct PartnerChange {
     /// Applies to payments verified from now on.
     #[schema(value_type = Option<String>, example = "0.03")]
     pub commission_rate: Option<Rate>,
+    /// null: lifetime; 0: first payment only; absent: unchanged. Applies to
+    /// payments recorded from now on.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>, example = 12)]
+    pub recurring_months: Option<Option<i32>>,
+}
+
+/// Tells a field sent as null (`Some(None)`) from one not sent (`None`).
+fn present<'de, D, T>(deserializer: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+fn check_recurring_months(months: Option<Option<i32>>) -> Result<()> {
+    match months {
+        Some(Some(m)) if !(0..=1200).contains(&m) => Err(Error::Unprocessable(
+            "recurring_months must be from 0 to 1200, or null for the customer's lifetime".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Sets recurring_months when the request says so (null included).
+async fn set_recurring_months(
+    db: impl sqlx::PgExecutor<'_>,
+    id: i64,
+    months: Option<Option<i32>>,
+) -> Result<()> {
+    if let Some(months) = months {
+        sqlx::query_scalar!(
+            "SELECT set_partner_recurring_months($1, $2) AS id",
+            id,
+            months
+        )
+        .fetch_one(db)
+        .await?;
+    }
+    Ok(())
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -92,6 +142,7 @@ fn rate_violation(error: sqlx::Error) -> Error {
 async fn fetch_partner(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<Partner> {
     let row = sqlx::query!(
         r#"SELECT p.id, p.name, trim_scale(p.commission_rate)::text AS "commission_rate!", partner_last_seq(p.id) AS "last_seq!", p.created_at,
+                  p.recurring_months,
                   partner_totals(p.id) AS "totals!"
              FROM partners p WHERE p.id = $1"#,
         id
@@ -104,6 +155,7 @@ async fn fetch_partner(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<Partner
         name: row.name,
         commission_rate: row.commission_rate,
         last_seq: row.last_seq,
+        recurring_months: row.recurring_months,
         totals: serde_json::from_value(row.totals).map_err(|e| Error::Internal(e.into()))?,
         created_at: row.created_at,
     })
@@ -124,6 +176,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Partner>)> {
     caller.require_admin()?;
     check_name(&new.name)?;
+    check_recurring_months(new.recurring_months)?;
     // The partner and the response in one transaction: a failure answers 5xx
     // with nothing written, so an Idempotency-Key retry is safe.
     let mut tx = state.db.begin().await?;
@@ -135,6 +188,7 @@ pub async fn create(
     .fetch_one(&mut *tx)
     .await
     .map_err(rate_violation)?;
+    set_recurring_months(&mut *tx, id, new.recurring_months).await?;
     let partner = fetch_partner(&mut *tx, id).await?;
     idempotency::mark_applied(&mut tx, claim.as_deref()).await?;
     tx.commit().await?;
@@ -172,19 +226,24 @@ pub async fn update(
     if let Some(name) = &change.name {
         check_name(name)?;
     }
+    check_recurring_months(change.recurring_months)?;
+    let mut tx = state.db.begin().await?;
     let updated = sqlx::query_scalar!(
         "SELECT update_partner($1, $2, $3) AS id",
         id,
         change.name.as_deref().map(str::trim),
         change.commission_rate.map(|r| r.0)
     )
-    .fetch_one(&state.db)
+    .fetch_one(&mut *tx)
     .await
     .map_err(rate_violation)?;
     if updated.is_none() {
         return Err(Error::NotFound(format!("partner {id} does not exist")));
     }
-    Ok(Json(fetch_partner(&state.db, id).await?))
+    set_recurring_months(&mut *tx, id, change.recurring_months).await?;
+    let partner = fetch_partner(&mut *tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(partner))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
