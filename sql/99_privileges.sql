@@ -33,6 +33,16 @@ DECLARE
     v_definer   text[] := v_triggers || v_service;
     v_object    record;
 BEGIN
+    -- The schema: nobody but the owner creates in it. A function a caller
+    -- could create here (public.round(numeric, smallint), a closer match than
+    -- pg_catalog's) would be found by the engine's own search_path and run
+    -- as the owner. PostgreSQL 15 revokes this by default; older clusters
+    -- and upgraded databases do not. The owner needs CREATE to be handed
+    -- objects by a migrator that is not a superuser.
+    EXECUTE format('REVOKE CREATE ON SCHEMA %I FROM PUBLIC, commissions_service, commissions_readonly', v_schema);
+    EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO commissions_owner', v_schema);
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO commissions_service, commissions_readonly', v_schema);
+
     -- Ownership. Tables first: their identity sequences follow them.
     FOR v_object IN
         SELECT c.oid::regclass AS name, c.relkind
@@ -92,9 +102,15 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- The database: only the three roles (and superusers) connect. Any login
+    -- could otherwise LISTEN on the engine's channels and read every event,
+    -- or hold the advisory locks the engine takes. No temporary objects.
+    EXECUTE format('REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO commissions_owner, commissions_service, commissions_readonly',
+                   current_database());
+
     -- Tables: reading for both roles; writing for nobody but the owner,
     -- except the service's own replay cache.
-    EXECUTE format('GRANT USAGE ON SCHEMA %I TO commissions_service, commissions_readonly', v_schema);
     EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM PUBLIC, commissions_service, commissions_readonly', v_schema);
     EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA %I FROM PUBLIC, commissions_service, commissions_readonly', v_schema);
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO commissions_service, commissions_readonly', v_schema);

@@ -142,7 +142,7 @@ pub async fn mark_applied(tx: &mut sqlx::PgConnection, claim: Option<&Claim>) ->
     let Some(Claim(scope)) = claim else {
         return Ok(());
     };
-    sqlx::query!(
+    let marked = sqlx::query!(
         "UPDATE idempotency_keys SET applied_at = now()
           WHERE caller = $1 AND method = $2 AND route = $3 AND key = $4 AND state = 'in_progress'",
         scope.caller,
@@ -151,7 +151,15 @@ pub async fn mark_applied(tx: &mut sqlx::PgConnection, claim: Option<&Claim>) ->
         scope.key
     )
     .execute(tx)
-    .await?;
+    .await?
+    .rows_affected();
+    // The claim is gone (an operator released it while this request ran):
+    // an effect without its mark could run again, so it rolls back instead.
+    if marked != 1 {
+        return Err(Error::Conflict(
+            "this request's Idempotency-Key was released while it ran: nothing was changed, send it again".into(),
+        ));
+    }
     Ok(())
 }
 

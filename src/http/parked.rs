@@ -3,7 +3,7 @@
 //! The rules are the engine's (`reapply_parked_events` in sql/07_webhooks.sql);
 //! this only calls them.
 
-use axum::extract::State;
+use axum::{extract::State, Extension};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use super::{
     error::Result,
     extractor::{Caller, Json},
+    idempotency::{self, Claim},
 };
 use crate::state::AppState;
 
@@ -80,16 +81,23 @@ pub struct ReapplyReport {
     responses((status = 200, body = ReapplyReport), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.claims().sub))]
-pub async fn reapply(State(state): State<AppState>, caller: Caller) -> Result<Json<ReapplyReport>> {
+pub async fn reapply(
+    State(state): State<AppState>,
+    caller: Caller,
+    claim: Option<Extension<Claim>>,
+) -> Result<Json<ReapplyReport>> {
     caller.require_admin()?;
+    let mut tx = state.db.begin().await?;
     let events = sqlx::query_as!(
         Reapplied,
         r#"SELECT provider AS "provider!", event_id AS "event_id!", event_type AS "event_type!",
                   outcome AS "outcome!", parked_reason, payment_id
              FROM reapply_parked_events()"#
     )
-    .fetch_all(&state.db)
+    .fetch_all(&mut *tx)
     .await?;
+    idempotency::mark_applied(&mut tx, claim.as_deref()).await?;
+    tx.commit().await?;
     let still_parked = events.iter().filter(|e| e.outcome == "parked").count();
     Ok(Json(ReapplyReport {
         applied: events.len() - still_parked,

@@ -321,3 +321,124 @@ async fn migrate_gives_the_service_role_a_password_it_then_logs_in_with() {
     assert!(stored.starts_with("SCRAM-SHA-256$"), "{stored}");
     assert!(!stored.contains(password));
 }
+
+/// A cluster from before PostgreSQL 15 (or a database upgraded from one) lets
+/// every login CREATE in public: a `public.round(numeric, smallint)` would be
+/// a closer match than pg_catalog's for the engine's own calls, and run as
+/// the owner. And any login that may CONNECT may LISTEN on the engine's
+/// channels. The migration takes both away.
+#[tokio::test]
+async fn nobody_but_the_owner_creates_in_the_schema_and_only_the_roles_connect() {
+    let db = TestDatabase::new().await;
+    let superuser = login(&db.url).await;
+    superuser
+        .batch_execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+        .await
+        .unwrap();
+    commissions::db::migrate(&db.url)
+        .await
+        .expect("migrate again");
+    let creators: Vec<String> = superuser
+        .query(
+            "SELECT r::text FROM unnest(ARRAY['public', 'commissions_service', 'commissions_readonly']) r
+              WHERE has_schema_privilege(r, current_schema(), 'CREATE')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        creators.is_empty(),
+        "may create in the schema: {creators:?}"
+    );
+
+    let service = login(&db.service_url).await;
+    let error = service
+        .batch_execute("CREATE FUNCTION public.round(numeric, smallint) RETURNS numeric LANGUAGE sql AS 'SELECT 0'")
+        .await
+        .expect_err("the service creates nothing");
+    assert_eq!(error.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+
+    // A login that is none of the roles cannot connect, so cannot LISTEN.
+    let nobody = format!("{}_nobody", db.name);
+    superuser
+        .batch_execute(&format!(
+            "CREATE ROLE {nobody} LOGIN PASSWORD 'nobody-password'"
+        ))
+        .await
+        .unwrap();
+    let refused = tokio_postgres::connect(
+        &crate::helpers::with_user(&db.url, &nobody, "nobody-password"),
+        NoTls,
+    )
+    .await;
+    let _ = superuser
+        .batch_execute(&format!("DROP ROLE {nobody}"))
+        .await;
+    let error = refused.err().expect("a stranger cannot connect");
+    assert_eq!(
+        error.code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+        "{error:?}"
+    );
+}
+
+/// As on a managed PostgreSQL: the migrator is its admin user, which may
+/// create roles but is no superuser.
+#[tokio::test]
+async fn a_migrator_that_is_not_a_superuser_migrates_twice() {
+    let name = format!("commissions_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = login(&crate::helpers::admin_url()).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {name}_admin LOGIN CREATEROLE PASSWORD 'admin-password'"
+        ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name} OWNER {name}_admin"))
+        .await
+        .unwrap();
+    let url = crate::helpers::with_user(
+        &crate::helpers::admin_url(),
+        &format!("{name}_admin"),
+        "admin-password",
+    );
+    let url = match url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => unreachable!(),
+    };
+    let first = commissions::db::migrate(&url).await;
+    let second = commissions::db::migrate(&url).await;
+    let owned: Option<i64> = match (&first, &second) {
+        (Ok(()), Ok(())) => Some(
+            login(&url)
+                .await
+                .query_one(
+                    "SELECT count(*) FROM pg_proc WHERE pronamespace = current_schema()::regnamespace
+                        AND prosecdef AND proowner = 'commissions_owner'::regrole",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0),
+        ),
+        _ => None,
+    };
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await;
+    let _ = admin
+        .batch_execute(&format!(
+            "DROP OWNED BY {name}_admin; DROP ROLE {name}_admin"
+        ))
+        .await;
+    first.expect("the first migrate");
+    second.expect("the second migrate");
+    assert!(
+        owned.unwrap() >= 15,
+        "the engine's entry points run as the owner"
+    );
+}
