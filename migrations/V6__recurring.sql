@@ -1,5 +1,6 @@
--- Recurring commissions (issue 14): a provider's customer is attributed to a
--- partner by its first attributed payment, and its later payments (a
+-- Recurring commissions (issue 14), and (at the end) bounded re-applies of
+-- parked events. A provider's customer is attributed to a partner by its
+-- first attributed payment, and its later payments (a
 -- subscription's invoices) earn for that partner for the partner's
 -- recurring_months, even without partner metadata. Tables only; the rule is
 -- attribute_payment() in sql/07_webhooks.sql.
@@ -45,3 +46,8 @@ COMMENT ON COLUMN webhook_events.customer_id IS 'The provider''s customer the pa
 ALTER TABLE payments ADD COLUMN customer_id text
     CONSTRAINT payments_customer_id_length CHECK (length(customer_id) BETWEEN 1 AND 255);
 COMMENT ON COLUMN payments.customer_id IS 'The provider''s customer who paid, when the provider said (Stripe customer, Paystack customer_code); NULL for manual payments.';
+
+-- Re-applying a large parked backlog in bounded calls (reapply_parked_events'
+-- p_limit): each call takes the events tried longest ago.
+ALTER TABLE webhook_events ADD COLUMN reapplied_at timestamptz;
+COMMENT ON COLUMN webhook_events.reapplied_at IS 'When reapply_parked_events last tried this event; NULL if never. Calls with a limit try the oldest first.';

@@ -339,7 +339,14 @@ $$;
 COMMENT ON FUNCTION apply_parked_events(text, text) IS
     'Engine internals: applies the refunds and disputes parked for one provider reference (called by the engine, with the payment''s row locked, when that payment is verified). Returns how many applied.';
 
-CREATE OR REPLACE FUNCTION reapply_parked_events(p_provider text DEFAULT NULL, p_event_id text DEFAULT NULL)
+-- p_limit became the third argument; the old two-argument version would
+-- make calls ambiguous.
+DROP FUNCTION IF EXISTS reapply_parked_events(text, text);
+
+CREATE OR REPLACE FUNCTION reapply_parked_events(
+    p_provider text DEFAULT NULL,
+    p_event_id text DEFAULT NULL,
+    p_limit    integer DEFAULT NULL)
 RETURNS TABLE (provider text, event_id text, event_type text, outcome text, parked_reason text, payment_id bigint)
 LANGUAGE plpgsql
 AS $$
@@ -355,8 +362,12 @@ BEGIN
          WHERE w.outcome = 'parked'
            AND (p_provider IS NULL OR w.provider = p_provider)
            AND (p_event_id IS NULL OR w.event_id = p_event_id)
-         -- Payments first, so that their refunds and disputes find them.
-         ORDER BY (w.action = 'verify') DESC, w.occurred_at NULLS LAST, w.received_at, w.event_id
+         -- Those tried longest ago first, so that calls with a limit take
+         -- turns through a backlog instead of retrying its head; then
+         -- payments first, so that their refunds and disputes find them.
+         ORDER BY w.reapplied_at NULLS FIRST, (w.action = 'verify') DESC,
+                  w.occurred_at NULLS LAST, w.received_at, w.event_id
+         LIMIT p_limit
     LOOP
         -- In the lock order (reference, payment, event). Applying one event may
         -- already have applied others (a payment takes its parked refunds with
@@ -370,6 +381,8 @@ BEGIN
             FOR UPDATE;
         IF FOUND THEN
             e := apply_stored_event(k.provider, k.event_id);
+            UPDATE webhook_events w SET reapplied_at = now()
+             WHERE w.provider = k.provider AND w.event_id = k.event_id;
         ELSE
             SELECT * INTO e FROM webhook_events w WHERE w.provider = k.provider AND w.event_id = k.event_id;
         END IF;
@@ -377,5 +390,5 @@ BEGIN
     END LOOP;
 END
 $$;
-COMMENT ON FUNCTION reapply_parked_events(text, text) IS
-    'Operators: tries every parked provider event again (or one provider''s, or one event), e.g. after creating the partner or adding the currency it waited for. Returns each event with its outcome now; those that still cannot apply stay parked. SELECT * FROM reapply_parked_events();';
+COMMENT ON FUNCTION reapply_parked_events(text, text, integer) IS
+    'Operators: tries every parked provider event again (or one provider''s, or one event, or at most p_limit of them, those tried longest ago first), e.g. after creating the partner or adding the currency it waited for. Returns each event tried with its outcome now; those that still cannot apply stay parked. SELECT * FROM reapply_parked_events();';

@@ -5,12 +5,12 @@
 
 use axum::{extract::State, Extension};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    error::Result,
-    extractor::{Caller, Json},
+    error::{Error, Result},
+    extractor::{Caller, Json, Query},
     idempotency::{self, Claim},
 };
 use crate::state::AppState;
@@ -69,15 +69,34 @@ pub struct Reapplied {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReapplyReport {
+    /// Of the events tried, how many applied now.
     pub applied: usize,
+    /// Of the events tried, how many still cannot apply.
     pub still_parked: usize,
+    /// Parked events left in all, tried or not: call again while the backlog
+    /// is larger than `limit`.
+    pub remaining: i64,
     pub events: Vec<Reapplied>,
 }
 
-/// Try every parked event again (after creating the partner or adding the
-/// currency they waited for); what still cannot apply stays parked.
+/// How many parked events one call tries: each call is one transaction under
+/// the node's statement timeout, so a large backlog takes several calls.
+const DEFAULT_REAPPLY_LIMIT: i32 = 500;
+const MAX_REAPPLY_LIMIT: i32 = 5_000;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReapplyQuery {
+    /// Events to try, 1 to 5000 (default 500), those tried longest ago first.
+    pub limit: Option<i32>,
+}
+
+/// Try parked events again (after creating the partner or adding the
+/// currency they waited for); what still cannot apply stays parked. Each
+/// call tries at most `limit`, those tried longest ago first, and says how
+/// many are left.
 #[utoipa::path(post, path = "/api/parked-events/reapply", tag = "webhooks",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the stored response")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the stored response"), ReapplyQuery),
     responses((status = 200, body = ReapplyReport), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.claims().sub))]
@@ -85,16 +104,29 @@ pub async fn reapply(
     State(state): State<AppState>,
     caller: Caller,
     claim: Option<Extension<Claim>>,
+    Query(query): Query<ReapplyQuery>,
 ) -> Result<Json<ReapplyReport>> {
     caller.require_admin()?;
+    let limit = query.limit.unwrap_or(DEFAULT_REAPPLY_LIMIT);
+    if !(1..=MAX_REAPPLY_LIMIT).contains(&limit) {
+        return Err(Error::Unprocessable(format!(
+            "limit must be from 1 to {MAX_REAPPLY_LIMIT}"
+        )));
+    }
     let mut tx = state.db.begin().await?;
     let events = sqlx::query_as!(
         Reapplied,
         r#"SELECT provider AS "provider!", event_id AS "event_id!", event_type AS "event_type!",
                   outcome AS "outcome!", parked_reason, payment_id
-             FROM reapply_parked_events()"#
+             FROM reapply_parked_events(NULL, NULL, $1)"#,
+        limit
     )
     .fetch_all(&mut *tx)
+    .await?;
+    let remaining = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "remaining!" FROM webhook_events WHERE outcome = 'parked'"#
+    )
+    .fetch_one(&mut *tx)
     .await?;
     idempotency::mark_applied(&mut tx, claim.as_deref()).await?;
     tx.commit().await?;
@@ -102,6 +134,7 @@ pub async fn reapply(
     Ok(Json(ReapplyReport {
         applied: events.len() - still_parked,
         still_parked,
+        remaining,
         events,
     }))
 }

@@ -891,3 +891,91 @@ async fn event_totals_match_the_api_after_a_currencys_minor_units_change() {
     );
     assert_eq!(totals["JPY"]["earned"], "41.11");
 }
+
+/// A backlog larger than one call: each call tries at most `limit` events,
+/// those tried longest ago first, so successive calls take turns through the
+/// backlog instead of retrying its head; `remaining` says when it is done.
+#[tokio::test]
+async fn a_parked_backlog_is_reapplied_in_bounded_calls_that_take_turns() {
+    let w = watched(None).await;
+    let late_id = w.partner + 1;
+    for n in 1..=5 {
+        let r = w
+            .stripe(&stripe_succeeded(
+                &format!("evt_{n}"),
+                &format!("pi_{n}"),
+                10_000,
+                "usd",
+                json!(late_id.to_string()),
+            ))
+            .await;
+        assert_eq!(r["parked_reason"], "unknown_partner");
+    }
+    let reapply = |limit: i64| {
+        let app = &w.app;
+        async move {
+            json(
+                app.post_as(
+                    &admin_token(),
+                    &format!("/api/parked-events/reapply?limit={limit}"),
+                    &json!({}),
+                )
+                .await,
+                200,
+            )
+            .await
+        }
+    };
+    let tried = |report: &Value| -> Vec<String> {
+        report["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = reapply(2).await;
+    assert_eq!(tried(&first), ["evt_1", "evt_2"]);
+    assert_eq!(first["remaining"], 5);
+    let second = reapply(2).await;
+    assert_eq!(tried(&second), ["evt_3", "evt_4"], "not the head again");
+
+    let created = json(
+        w.app
+            .post_as(&admin_token(), "/api/partners", &json!({"name": "Late"}))
+            .await,
+        201,
+    )
+    .await;
+    assert_eq!(created["id"], late_id);
+    let mut order = Vec::new();
+    loop {
+        let report = reapply(2).await;
+        order.extend(tried(&report));
+        if report["remaining"] == 0 {
+            break;
+        }
+        assert!(order.len() < 10, "no progress: {order:?}");
+    }
+    assert_eq!(order, ["evt_5", "evt_1", "evt_2", "evt_3", "evt_4"]);
+    assert_eq!(
+        w.app
+            .count("SELECT count(*) FROM commissions WHERE kind = 'earned'")
+            .await,
+        5
+    );
+    problem(
+        w.app
+            .post_as(
+                &admin_token(),
+                "/api/parked-events/reapply?limit=0",
+                &json!({}),
+            )
+            .await,
+        422,
+        "invalid-input",
+    )
+    .await;
+    // The events are the late partner's: the audit, not the watched sockets.
+    assert_eq!(w.app.count("SELECT count(*) FROM commission_audit").await, 0);
+}
