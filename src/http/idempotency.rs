@@ -119,7 +119,7 @@ async fn replay_or_record(state: AppState, request: Request, next: Next) -> Resu
     parts.extensions.insert(Claim(Arc::new(scope.clone())));
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     if response.status().is_server_error() {
-        release(&state, &scope).await;
+        release_or_settle(&state, &scope).await;
         return Ok(response);
     }
     let (parts, body) = response.into_parts();
@@ -202,7 +202,10 @@ async fn earlier_request(state: &AppState, scope: &Scope, hash: &str) -> Result<
             &body,
             stored.response_content_type.as_deref(),
         ))),
-        _ if stored.applied => Ok(Some(applied_without_response(&scope.path))),
+        // Applied, no response yet: the first request may still be on its
+        // way to storing it (409, retry shortly) unless it is long past any
+        // request's deadline.
+        _ if stored.applied && stored.stuck => Ok(Some(applied_without_response(&scope.path))),
         _ => Ok(Some(in_progress(stored.stuck))),
     }
 }
@@ -227,10 +230,13 @@ fn in_progress(stuck: bool) -> Response {
 /// COMMIT's acknowledgement, or storing the response, failed). Running it
 /// again would repeat the effect; the client reads the result instead.
 fn applied_without_response(path: &str) -> Response {
+    lost_response(path).into_response()
+}
+
+fn lost_response(path: &str) -> Error {
     Error::Conflict(format!(
         "the first request with this Idempotency-Key took effect, but its response was lost: read the result (GET what {path} changed) instead of retrying"
     ))
-    .into_response()
 }
 
 /// Claims the key in a statement of its own (committed at once); false if
@@ -255,9 +261,22 @@ async fn claim(state: &AppState, scope: &Scope, hash: &str) -> Result<bool> {
 
 /// After a 5xx: unless the handler's transaction committed its mark (the
 /// 5xx came after the COMMIT landed), the effect rolled back and the client
-/// may retry under the same key. If the release itself fails, the claim
-/// stays (safe: a retry gets a 409, never a second effect).
-async fn release(state: &AppState, scope: &Scope) {
+/// may retry under the same key. If it did commit, the claim is completed
+/// with the 409 that says so, for every retry to replay. If either write
+/// fails, the claim stays (safe: a retry gets a 409, never a second effect).
+async fn release_or_settle(state: &AppState, scope: &Scope) {
+    if release(state, scope).await == Some(0) {
+        let lost = lost_response(&scope.path).into_response();
+        let (parts, body) = lost.into_parts();
+        if let Ok(bytes) = to_bytes(body, usize::MAX).await {
+            store(state, scope, &parts, &bytes).await;
+        }
+    }
+}
+
+/// Deletes the claim unless its effect is marked applied; how many it
+/// deleted, or None if that failed.
+async fn release(state: &AppState, scope: &Scope) -> Option<u64> {
     let released = sqlx::query!(
         "DELETE FROM idempotency_keys
           WHERE caller = $1 AND method = $2 AND route = $3 AND key = $4 AND state = 'in_progress'
@@ -269,8 +288,12 @@ async fn release(state: &AppState, scope: &Scope) {
     )
     .execute(&state.db)
     .await;
-    if let Err(error) = released {
-        tracing::error!(%error, key = %scope.key, "cannot release an idempotency claim: retries get 409 until an operator releases it");
+    match released {
+        Ok(done) => Some(done.rows_affected()),
+        Err(error) => {
+            tracing::error!(%error, key = %scope.key, "cannot release an idempotency claim: retries get 409 until an operator releases it");
+            None
+        }
     }
 }
 

@@ -112,8 +112,27 @@ async fn a_retry_after_the_response_failed_to_be_stored_never_repeats_the_effect
     .unwrap();
     assert_eq!(app.count("SELECT count(*) FROM payments").await, 1);
 
-    // The effect marked its claim applied in its own transaction: the retry
-    // is told it took effect (no Retry-After: retrying will not help).
+    // The claim is applied but has no response: for all a retry can tell,
+    // the first request is still storing it (409, retry shortly).
+    let retry = keyed(&app, &bearer, "k", "/api/payments", &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.headers().get("retry-after").unwrap(), "1");
+    problem(retry, 409, "conflict").await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM payments").await,
+        1,
+        "the effect is not repeated"
+    );
+
+    // Long past any request's deadline it is told the request took effect
+    // (no Retry-After: retrying will not help); DBAs see it among the stuck
+    // claims, as applied, and cannot release it.
+    let sub = "ops@example.com";
+    dba.batch_execute("UPDATE idempotency_keys SET created_at = now() - interval '10 minutes'")
+        .await
+        .unwrap();
     let retry = keyed(&app, &bearer, "k", "/api/payments", &body)
         .send()
         .await
@@ -124,17 +143,6 @@ async fn a_retry_after_the_response_failed_to_be_stored_never_repeats_the_effect
         answer["detail"].as_str().unwrap().contains("took effect"),
         "{answer}"
     );
-    assert_eq!(
-        app.count("SELECT count(*) FROM payments").await,
-        1,
-        "the effect is not repeated"
-    );
-
-    // DBAs see it among the stuck claims, as applied, and cannot release it.
-    let sub = "ops@example.com";
-    dba.batch_execute("UPDATE idempotency_keys SET created_at = now() - interval '10 minutes'")
-        .await
-        .unwrap();
     let stuck = dba
         .query(
             "SELECT route, applied_at IS NOT NULL FROM idempotency_stuck_claims",
