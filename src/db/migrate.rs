@@ -39,6 +39,10 @@ pub const ENGINE_SQL: &[(&str, &str)] = &[
         include_str!("../../sql/06_operator_functions.sql"),
     ),
     ("07_webhooks.sql", include_str!("../../sql/07_webhooks.sql")),
+    (
+        "08_lifecycle.sql",
+        include_str!("../../sql/08_lifecycle.sql"),
+    ),
 ];
 
 const MIGRATION_LOCK_KEY: i64 = 7_164_946_332_151_808_000;

@@ -1,4 +1,4 @@
-//! Partners: created and re-rated by admins, read by admins and by the
+//! Partners: created, re-rated and given a hold period by admins, read by admins and by the
 //! partner itself, with its totals per currency, its ledger (keyset pages,
 //! newest first) and its event log (the same JSON the WebSocket sends).
 
@@ -19,18 +19,27 @@ use super::{
 };
 use crate::{events::EventLog, startup::AppState};
 
-/// A partner's totals in one currency.
+/// A partner's totals in one currency, each a sum of the ledger that the
+/// audit view checks (docs/engine.md, "The lifecycle").
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Totals {
+    /// Earned, ever.
     #[schema(example = "2.00")]
     pub earned: String,
-    /// Owed and not paid out: earned - reversed - paid (held included).
+    /// In the hold period, not yet approved (held included).
     pub pending: String,
+    /// Approved and in no payout yet.
+    pub approved: String,
+    /// What the next payout would pay: approved minus clawback; negative
+    /// while a reversal after payout is owed back.
+    pub balance: String,
+    /// In payouts created or sent, not yet paid.
+    pub in_payout: String,
+    /// Paid out.
     pub paid: String,
     /// Net reversed by refunds and lost disputes (reinstatements subtracted).
     pub reversed: String,
-    /// Part of pending held by open disputes, not payable until they end.
-    #[serde(default)]
+    /// Held by open disputes.
     pub held: String,
 }
 
@@ -43,6 +52,10 @@ pub struct Partner {
     pub commission_rate: String,
     /// The partner's latest event seq (0 before the first); resume the socket from here.
     pub last_seq: i64,
+    /// The partner's own hold period in days; null: the program's default.
+    pub hold_days: Option<i32>,
+    /// The hold period that applies: `hold_days`, or the program's default (30).
+    pub effective_hold_days: i32,
     /// Per currency: `{"NGN": {"earned": "2.00", ...}}`.
     pub totals: BTreeMap<String, Totals>,
     pub created_at: DateTime<Utc>,
@@ -56,6 +69,11 @@ pub struct NewPartner {
     /// Defaults to "0.02".
     #[schema(value_type = Option<String>, example = "0.025")]
     pub commission_rate: Option<Rate>,
+    /// Days a commission stays pending before it is approved, 0 to 3650
+    /// (0: approved when its payment is verified). Omitted or null: the
+    /// program's default (30).
+    #[schema(example = 14)]
+    pub hold_days: Option<i32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -65,6 +83,17 @@ pub struct PartnerChange {
     /// Applies to payments verified from now on.
     #[schema(value_type = Option<String>, example = "0.03")]
     pub commission_rate: Option<Rate>,
+    /// The hold period in days, 0 to 3650; null returns the partner to the
+    /// program's default. Applies to its pending commissions too.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>, example = 7)]
+    pub hold_days: Option<Option<i32>>,
+}
+
+/// A field that is present, even as null, is `Some`: so that `null` (back to
+/// the default) differs from leaving the field out (unchanged).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i32>>, D::Error> {
+    Option::<i32>::deserialize(d).map(Some)
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -83,15 +112,20 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 fn rate_violation(error: sqlx::Error) -> Error {
-    on_constraint(error, "partners_commission_rate_range", |_| {
-        Error::Unprocessable("commission_rate must be from 0 to 1".into())
-    })
+    match error.as_database_error().and_then(|d| d.constraint()) {
+        Some("partners_hold_days_range") => {
+            Error::Unprocessable("hold_days must be from 0 to 3650".into())
+        }
+        _ => on_constraint(error, "partners_commission_rate_range", |_| {
+            Error::Unprocessable("commission_rate must be from 0 to 1".into())
+        }),
+    }
 }
 
 async fn fetch_partner(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<Partner> {
     let row = sqlx::query!(
         r#"SELECT p.id, p.name, trim_scale(p.commission_rate)::text AS "commission_rate!", partner_last_seq(p.id) AS "last_seq!", p.created_at,
-                  partner_totals(p.id) AS "totals!"
+                  p.hold_days, partner_hold_days(p.id) AS "effective_hold_days!", partner_totals(p.id) AS "totals!"
              FROM partners p WHERE p.id = $1"#,
         id
     )
@@ -103,6 +137,8 @@ async fn fetch_partner(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<Partner
         name: row.name,
         commission_rate: row.commission_rate,
         last_seq: row.last_seq,
+        hold_days: row.hold_days,
+        effective_hold_days: row.effective_hold_days,
         totals: serde_json::from_value(row.totals).map_err(|e| Error::Internal(e.into()))?,
         created_at: row.created_at,
     })
@@ -126,9 +162,10 @@ pub async fn create(
     // with nothing written, so an Idempotency-Key retry is safe.
     let mut tx = state.db.begin().await?;
     let id = sqlx::query_scalar!(
-        "INSERT INTO partners (name, commission_rate) VALUES ($1, coalesce($2, 0.02)) RETURNING id",
+        "INSERT INTO partners (name, commission_rate, hold_days) VALUES ($1, coalesce($2, 0.02), $3) RETURNING id",
         new.name.trim(),
-        new.commission_rate.map(|r| r.0)
+        new.commission_rate.map(|r| r.0),
+        new.hold_days
     )
     .fetch_one(&mut *tx)
     .await
@@ -153,7 +190,8 @@ pub async fn show(
     Ok(Json(fetch_partner(&state.db, id).await?))
 }
 
-/// Rename a partner or change its rate (applies to payments verified afterwards).
+/// Rename a partner, change its rate (applies to payments verified
+/// afterwards) or its hold period (applies to its pending commissions too).
 #[utoipa::path(patch, path = "/api/partners/{id}", tag = "partners", params(("id" = i64, Path)), request_body = PartnerChange,
     responses((status = 200, body = Partner), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
               (status = 404, body = super::error::Problem), (status = 422, body = super::error::Problem)),
@@ -170,10 +208,14 @@ pub async fn update(
         check_name(name)?;
     }
     let updated = sqlx::query_scalar!(
-        "UPDATE partners SET name = coalesce($2, name), commission_rate = coalesce($3, commission_rate) WHERE id = $1 RETURNING id",
+        "UPDATE partners SET name = coalesce($2, name), commission_rate = coalesce($3, commission_rate),
+                hold_days = CASE WHEN $4 THEN $5 ELSE hold_days END
+          WHERE id = $1 RETURNING id",
         id,
         change.name.as_deref().map(str::trim),
-        change.commission_rate.map(|r| r.0)
+        change.commission_rate.map(|r| r.0),
+        change.hold_days.is_some(),
+        change.hold_days.flatten()
     )
     .fetch_optional(&state.db)
     .await

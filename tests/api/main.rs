@@ -11,6 +11,7 @@ mod engine;
 mod faults;
 mod idempotency;
 mod jwks;
+mod lifecycle;
 mod locks;
 mod migrate;
 mod partners;

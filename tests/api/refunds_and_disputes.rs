@@ -431,7 +431,7 @@ async fn a_stripe_dispute_holds_then_reverses_when_funds_are_withdrawn_and_reins
     let totals = w.totals().await;
     assert_eq!(
         totals["USD"],
-        json!({"earned": "2.00", "pending": "2.00", "paid": "0.00", "reversed": "0.00", "held": "0.00"})
+        json!({"earned": "2.00", "pending": "2.00", "approved": "0.00", "balance": "0.00", "in_payout": "0.00", "paid": "0.00", "reversed": "0.00", "held": "0.00"})
     );
     let got = w.check_streams().await;
     assert_eq!(
@@ -498,7 +498,7 @@ async fn a_lost_paystack_dispute_reverses_in_proportion_to_the_amount_charged_ba
     );
     assert_eq!(
         w.totals().await["NGN"],
-        json!({"earned": "100.00", "pending": "70.00", "paid": "0.00", "reversed": "30.00", "held": "0.00"})
+        json!({"earned": "100.00", "pending": "70.00", "approved": "0.00", "balance": "0.00", "in_payout": "0.00", "paid": "0.00", "reversed": "30.00", "held": "0.00"})
     );
     let got = w.check_streams().await;
     assert_eq!(
