@@ -26,6 +26,11 @@
 --   * while disputes of D are open, round(earned * D / amount) of what is
 --     left is held (held), and released when the dispute ends.
 --
+--   * the lifecycle (sql/08_lifecycle.sql): every entry records its
+--     commission's stage (pending, approved, paid); entry_pending_delta and
+--     entry_payable_delta say which totals it moves. Approvals and payouts
+--     are published per batch and per payout, through the same publish_event.
+--
 -- Why publish at commit: the locks that make a partner's seq gapless and the
 -- admin position commit-ordered must be held until COMMIT. Taken in the
 -- transaction (as v1 did), they let one open transaction (a DBA's BEGIN;

@@ -34,15 +34,19 @@ LANGUAGE sql STABLE
 AS $$ SELECT to_char(p_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') $$;
 COMMENT ON FUNCTION utc_text(timestamptz) IS 'A time as the wire writes it: RFC 3339 in UTC with microseconds, whatever the session''s TimeZone.';
 
+-- The views at the end read the functions below; they are recreated there.
+DROP VIEW IF EXISTS payable_balances, payouts_with_items, commissions_due_for_approval;
+
 -- ---------------------------------------------------------------------------
 -- Approval
 -- ---------------------------------------------------------------------------
 
-CREATE OR REPLACE FUNCTION due_commissions(p_now timestamptz)
-RETURNS TABLE (payment_id bigint, partner_id bigint, currency char(3), amount numeric, earned_at timestamptz, due_at timestamptz)
+DROP FUNCTION IF EXISTS due_commissions(timestamptz);
+CREATE FUNCTION due_commissions(p_now timestamptz)
+RETURNS TABLE (commission_id bigint, payment_id bigint, partner_id bigint, currency char(3), amount numeric, earned_at timestamptz, due_at timestamptz)
 LANGUAGE sql STABLE
 AS $$
-    SELECT e.payment_id, e.partner_id, e.currency, e.amount - s.reversed, e.created_at, d.due_at
+    SELECT e.id, e.payment_id, e.partner_id, e.currency, e.amount - s.reversed, e.created_at, d.due_at
       FROM commissions e
       JOIN partners p ON p.id = e.partner_id
       CROSS JOIN commission_program g
@@ -62,7 +66,7 @@ AS $$
        AND e.amount - s.reversed > 0
 $$;
 COMMENT ON FUNCTION due_commissions(timestamptz) IS
-    'Commissions due for approval at p_now: pending, their hold period over, something left after reversals, and no open dispute holding part of them (those wait until it ends). amount is what approval makes payable.';
+    'Commissions due for approval at p_now: pending, their hold period over, something left after reversals, and no open dispute holding part of them (those wait until it ends). commission_id is the earned entry; amount is what approval makes payable. due_commissions(''infinity'') ignores the hold period.';
 
 -- Called with the payments' rows locked (by approve_due_commissions, or by
 -- the engine at verification with a hold of 0 days).
@@ -74,19 +78,11 @@ BEGIN
     PERFORM set_config('commissions.engine', 'on', true);
     RETURN QUERY
     WITH due AS (
-        SELECT e.payment_id, e.partner_id, e.currency, e.rate, e.payment_amount, e.minor_units,
-               e.amount - s.reversed AS amount
-          FROM commissions e
-          CROSS JOIN LATERAL (
-              SELECT coalesce(sum(c.amount) FILTER (WHERE c.kind = 'reversed'), 0)
-                       - coalesce(sum(c.amount) FILTER (WHERE c.kind = 'reinstated'), 0) AS reversed,
-                     coalesce(sum(c.amount) FILTER (WHERE c.kind = 'held'), 0)
-                       - coalesce(sum(c.amount) FILTER (WHERE c.kind = 'released'), 0) AS held,
-                     coalesce(bool_or(c.approval_id IS NOT NULL), false) AS approved
-                FROM commissions c
-               WHERE c.payment_id = e.payment_id AND c.kind <> 'earned') s
-         WHERE e.kind = 'earned' AND e.payment_id = ANY (p_payment_ids)
-           AND NOT s.approved AND s.held = 0 AND e.amount - s.reversed > 0
+        -- The rules of due_commissions, without the hold period: the caller decided that.
+        SELECT e.payment_id, e.partner_id, e.currency, e.rate, e.payment_amount, e.minor_units, d.amount
+          FROM due_commissions('infinity') d
+          JOIN commissions e ON e.id = d.commission_id
+         WHERE d.payment_id = ANY (p_payment_ids)
     ), batches AS (
         INSERT INTO commission_approvals (partner_id, currency, as_of, commissions, amount)
         SELECT d.partner_id, d.currency, p_as_of, count(*), sum(d.amount)
@@ -518,7 +514,6 @@ $$;
 -- Views for DBAs
 -- ---------------------------------------------------------------------------
 
-DROP VIEW IF EXISTS payable_balances, payouts_with_items, commissions_due_for_approval;
 
 CREATE VIEW payable_balances AS
 SELECT b.partner_id, p.name AS partner_name, b.currency,

@@ -242,15 +242,7 @@ pub async fn sent(
     Path(id): Path<i64>,
     Json(body): Json<PayoutReference>,
 ) -> Result<Json<Payout>> {
-    caller.require_admin()?;
-    check_text(
-        "provider_reference",
-        body.provider_reference.as_deref(),
-        200,
-    )?;
-    Ok(Json(
-        change_state(&state, id, "sent", body.provider_reference, None).await?,
-    ))
+    with_reference(&state, &caller, id, "sent", body).await
 }
 
 /// Mark a sent payout paid, with the payout provider's reference. Final.
@@ -268,15 +260,7 @@ pub async fn paid(
     Path(id): Path<i64>,
     Json(body): Json<PayoutReference>,
 ) -> Result<Json<Payout>> {
-    caller.require_admin()?;
-    check_text(
-        "provider_reference",
-        body.provider_reference.as_deref(),
-        200,
-    )?;
-    Ok(Json(
-        change_state(&state, id, "paid", body.provider_reference, None).await?,
-    ))
+    with_reference(&state, &caller, id, "paid", body).await
 }
 
 /// Mark a pending or sent payout failed, with the reason: its amount is
@@ -299,6 +283,24 @@ pub async fn failed(
     check_text("reason", Some(&body.reason), 500)?;
     Ok(Json(
         change_state(&state, id, "failed", None, Some(body.reason)).await?,
+    ))
+}
+
+async fn with_reference(
+    state: &AppState,
+    caller: &Caller,
+    id: i64,
+    to: &str,
+    body: PayoutReference,
+) -> Result<Json<Payout>> {
+    caller.require_admin()?;
+    check_text(
+        "provider_reference",
+        body.provider_reference.as_deref(),
+        200,
+    )?;
+    Ok(Json(
+        change_state(state, id, to, body.provider_reference, None).await?,
     ))
 }
 

@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use crate::{
     callers::{json, problem},
     helpers::{create_payment, spawn_app, spawn_app_with, spawn_node, TestApp},
-    realtime::{admin_token, events, open, partner_token, seqs, Ws},
+    realtime::{admin_token, open, partner_token, Ws},
+    streams::check_streams,
 };
 
 struct Program {
@@ -56,6 +57,26 @@ impl Program {
         let payment = create_payment(&self.app.db.pool, amount, "NGN", Some(self.partner)).await;
         self.app.verify(payment).await;
         payment
+    }
+
+    /// `POST /api/payments/{id}/refund` as an admin, expecting 200.
+    async fn refund(&self, payment: i64, body: Value) -> Value {
+        let path = format!("/api/payments/{payment}/refund");
+        json(self.app.post_as(&admin_token(), &path, &body).await, 200).await
+    }
+
+    /// `PATCH /api/partners/{id}` with `hold_days`; returns the partner.
+    async fn set_hold_days(&self, hold_days: Value) -> Value {
+        let response = self
+            .app
+            .http
+            .patch(self.app.url(&format!("/api/partners/{}", self.partner)))
+            .bearer_auth(admin_token())
+            .json(&json!({ "hold_days": hold_days }))
+            .send()
+            .await
+            .unwrap();
+        json(response, 200).await
     }
 
     async fn totals(&self) -> Value {
@@ -102,63 +123,14 @@ impl Program {
             .await
     }
 
-    /// The audit view is empty, and both sockets got every logged event once,
-    /// in order (a sentinel event after them proves nothing extra came first).
     async fn check_streams(mut self) -> Vec<Value> {
-        assert_eq!(
-            self.app
-                .count("SELECT count(*) FROM commission_audit")
-                .await,
-            0,
-            "the audit view is empty: {:?}",
-            sqlx::query_scalar::<_, String>("SELECT problem FROM commission_audit")
-                .fetch_all(&self.app.db.pool)
-                .await
-                .unwrap()
-        );
-        let logged = self
-            .app
-            .count(&format!(
-                "SELECT count(*) FROM commission_events WHERE partner_id = {}",
-                self.partner
-            ))
-            .await as usize;
-        let everyone = self
-            .app
-            .count("SELECT count(*) FROM commission_events")
-            .await as usize;
-        let sentinel = create_payment(&self.app.db.pool, "1.00", "NGN", Some(self.partner)).await;
-        self.app.verify(sentinel).await;
-        let mut got = events(&mut self.partner_ws, logged + 1).await;
-        assert_eq!(seqs(&got), (1..=logged as i64 + 1).collect::<Vec<_>>());
-        assert_eq!(got.last().unwrap()["data"]["payment_id"], sentinel);
-        // The admin room: every partner's events, gapless by position.
-        let admin = events(&mut self.admin_ws, everyone + 1).await;
-        let positions: Vec<i64> = admin
-            .iter()
-            .map(|e| e["position"].as_i64().unwrap())
-            .collect();
-        assert_eq!(positions, (1..=everyone as i64 + 1).collect::<Vec<_>>());
-        let admin: Vec<Value> = admin
-            .into_iter()
-            .filter(|e| e["partner_id"] == self.partner)
-            .collect();
-        assert_eq!(admin, got, "the admin room saw the same events");
-        let replay = json(
-            self.app
-                .get_as(
-                    &partner_token(self.partner),
-                    &format!("/api/partners/{}/events?since=0", self.partner),
-                )
-                .await,
-            200,
+        check_streams(
+            &self.app,
+            self.partner,
+            &mut self.partner_ws,
+            &mut self.admin_ws,
         )
-        .await;
-        // A hold of 0 days approves the sentinel too: its approval may follow in the log.
-        let replayed = replay["events"].as_array().unwrap();
-        assert_eq!(&replayed[..got.len()], &got[..]);
-        got.pop();
-        got
+        .await
     }
 }
 
@@ -188,18 +160,7 @@ async fn a_hold_of_zero_days_approves_each_commission_at_verification() {
 async fn a_hold_of_n_days_approves_once_the_time_given_passes_it() {
     let p = program(json!(null)).await;
     // Seven days for this partner (the program default is 30).
-    let changed = json(
-        p.app
-            .http
-            .patch(p.app.url(&format!("/api/partners/{}", p.partner)))
-            .bearer_auth(admin_token())
-            .json(&json!({"hold_days": 7}))
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let changed = p.set_hold_days(json!(7)).await;
     assert_eq!(
         (
             changed["hold_days"].as_i64(),
@@ -210,17 +171,7 @@ async fn a_hold_of_n_days_approves_once_the_time_given_passes_it() {
     let first = p.paid("100.00").await;
     p.paid("300.00").await;
     // A partial refund in the hold period lowers what becomes payable.
-    json(
-        p.app
-            .post_as(
-                &admin_token(),
-                &format!("/api/payments/{first}/refund"),
-                &json!({"amount": "50.00"}),
-            )
-            .await,
-        200,
-    )
-    .await;
+    p.refund(first, json!({"amount": "50.00"})).await;
     assert_eq!(p.approve_in(6.9).await, (0, 0), "still in the hold period");
     assert_eq!(
         p.app
@@ -241,18 +192,7 @@ async fn a_hold_of_n_days_approves_once_the_time_given_passes_it() {
         (Some("0.00"), Some("35.00"), Some("35.00"))
     );
     // Back to the default: 30 days.
-    let reset = json(
-        p.app
-            .http
-            .patch(p.app.url(&format!("/api/partners/{}", p.partner)))
-            .bearer_auth(admin_token())
-            .json(&json!({"hold_days": null}))
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let reset = p.set_hold_days(json!(null)).await;
     assert_eq!(
         (
             reset["hold_days"].as_i64(),
@@ -358,18 +298,7 @@ async fn two_nodes_timers_approve_each_commission_once() {
         p.paid("100.00").await;
     }
     // Both nodes' timers run every second; a hold of 0 makes all 20 due now.
-    json(
-        p.app
-            .http
-            .patch(p.app.url(&format!("/api/partners/{}", p.partner)))
-            .bearer_auth(admin_token())
-            .json(&json!({"hold_days": 0}))
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    p.set_hold_days(json!(0)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while p.totals().await["approved"] != "200.00" {
         assert!(
@@ -627,17 +556,7 @@ async fn a_refund_after_a_paid_payout_is_clawed_back_from_the_next_payout() {
     )
     .await;
     // The whole payment is refunded after its commission was paid out.
-    json(
-        p.app
-            .post_as(
-                &admin_token(),
-                &format!("/api/payments/{first}/refund"),
-                &json!({}),
-            )
-            .await,
-        200,
-    )
-    .await;
+    p.refund(first, json!({})).await;
     let totals = p.totals().await;
     assert_eq!(
         (
@@ -712,17 +631,7 @@ async fn a_refund_after_a_paid_payout_is_clawed_back_from_the_next_payout() {
 async fn a_reversal_before_payout_lowers_the_approved_balance() {
     let p = program(json!(0)).await;
     let payment = p.paid("1000.00").await; // 100.00
-    json(
-        p.app
-            .post_as(
-                &admin_token(),
-                &format!("/api/payments/{payment}/refund"),
-                &json!({"amount": "400.00"}),
-            )
-            .await,
-        200,
-    )
-    .await;
+    p.refund(payment, json!({"amount": "400.00"})).await;
     let totals = p.totals().await;
     assert_eq!(
         (

@@ -20,5 +20,6 @@ mod poison;
 mod realtime;
 mod refunds_and_disputes;
 mod service;
+mod streams;
 mod tls;
 mod webhooks;
