@@ -40,13 +40,13 @@ COMMENT ON FUNCTION reject_hand_insert() IS
 
 CREATE OR REPLACE TRIGGER commissions_engine_only
     BEFORE INSERT ON commissions
-    FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
+    FOR EACH ROW WHEN (current_user <> 'commissions_owner' OR coalesce(current_setting('commissions.engine', true), '') <> 'on')
     EXECUTE FUNCTION reject_hand_insert();
 COMMENT ON TRIGGER commissions_engine_only ON commissions IS 'Only the engine appends to the ledger.';
 
 CREATE OR REPLACE TRIGGER commission_events_engine_only
     BEFORE INSERT ON commission_events
-    FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
+    FOR EACH ROW WHEN (current_user <> 'commissions_owner' OR coalesce(current_setting('commissions.engine', true), '') <> 'on')
     EXECUTE FUNCTION reject_hand_insert();
 COMMENT ON TRIGGER commission_events_engine_only ON commission_events IS 'Only the engine writes events.';
 
@@ -83,9 +83,9 @@ COMMENT ON TRIGGER commission_events_no_truncate ON commission_events IS 'The ev
 CREATE OR REPLACE FUNCTION engine_is_running()
 RETURNS boolean
 LANGUAGE sql STABLE
-AS $$ SELECT coalesce(current_setting('commissions.engine', true), '') = 'on' $$;
+AS $$ SELECT current_user = 'commissions_owner' AND coalesce(current_setting('commissions.engine', true), '') = 'on' $$;
 COMMENT ON FUNCTION engine_is_running() IS
-    'True inside the engine''s publisher (publish_commission_entry): lets the guards tell the engine''s writes from a hand edit.';
+    'True inside the engine (its functions run as commissions_owner and set commissions.engine): lets the guards tell the engine''s writes from a hand edit. The setting alone proves nothing: anyone may SET it. This function must stay SECURITY INVOKER, or current_user would always be the owner.';
 
 CREATE OR REPLACE FUNCTION touch_updated_at()
 RETURNS trigger
@@ -127,26 +127,29 @@ COMMENT ON FUNCTION guard_engine_columns() IS
     'Trigger function: only the engine may write partner_balances, partner_streams, event_log_head and payout_items; commission_program keeps its one row.';
 
 -- The WHEN clauses keep the engine's own writes (three per event) from
--- calling the trigger function at all; the function checks again anyway. They
+-- calling the trigger function at all; the function checks again anyway. A
+-- write passes only when it is the owner's (the engine's functions run as
+-- commissions_owner) and the engine has said it is running: SET LOCAL
+-- commissions.engine = 'on' by anyone else switches nothing off. They
 -- spell out engine_is_running() because a trigger's WHEN is prepared again for
 -- every statement, and inlining a SQL function means parsing its body.
 DROP TRIGGER IF EXISTS partners_guard_seq ON partners;
 
 CREATE OR REPLACE TRIGGER partner_balances_guard
     BEFORE INSERT OR UPDATE OR DELETE ON partner_balances
-    FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
+    FOR EACH ROW WHEN (current_user <> 'commissions_owner' OR coalesce(current_setting('commissions.engine', true), '') <> 'on')
     EXECUTE FUNCTION guard_engine_columns();
 COMMENT ON TRIGGER partner_balances_guard ON partner_balances IS 'Balances change only with the ledger, in the engine.';
 
 CREATE OR REPLACE TRIGGER partner_streams_guard
     BEFORE INSERT OR UPDATE OR DELETE ON partner_streams
-    FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
+    FOR EACH ROW WHEN (current_user <> 'commissions_owner' OR coalesce(current_setting('commissions.engine', true), '') <> 'on')
     EXECUTE FUNCTION guard_engine_columns();
 COMMENT ON TRIGGER partner_streams_guard ON partner_streams IS 'A partner''s seq is the engine''s: a gap or repeat would break resume.';
 
 CREATE OR REPLACE TRIGGER event_log_head_guard
     BEFORE INSERT OR UPDATE OR DELETE ON event_log_head
-    FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
+    FOR EACH ROW WHEN (current_user <> 'commissions_owner' OR coalesce(current_setting('commissions.engine', true), '') <> 'on')
     EXECUTE FUNCTION guard_engine_columns();
 COMMENT ON TRIGGER event_log_head_guard ON event_log_head IS 'The admin position is the engine''s: a gap or repeat would break admin resume.';
 

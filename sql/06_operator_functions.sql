@@ -80,3 +80,81 @@ RETURNS payments
 LANGUAGE plpgsql
 AS $$ BEGIN RETURN change_payment_status(p_payment_id, 'failed'); END $$;
 COMMENT ON FUNCTION fail_payment(bigint) IS 'Marks a pending payment as failed; it earns nothing.';
+
+-- The rest of what the service writes. It logs in as commissions_service,
+-- which may not write these tables itself (sql/99_privileges.sql), so each
+-- write it is allowed is one of these functions, and nothing else.
+
+CREATE OR REPLACE FUNCTION create_partner(p_name text, p_commission_rate numeric DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    IF p_commission_rate IS NULL THEN
+        INSERT INTO partners (name) VALUES (p_name) RETURNING id INTO v_id;
+    ELSE
+        INSERT INTO partners (name, commission_rate) VALUES (p_name, p_commission_rate) RETURNING id INTO v_id;
+    END IF;
+    RETURN v_id;
+END
+$$;
+COMMENT ON FUNCTION create_partner(text, numeric) IS
+    'Adds a partner; without a rate it earns the program default (the column default of partners.commission_rate). Returns its id.';
+
+CREATE OR REPLACE FUNCTION update_partner(p_partner_id bigint, p_name text DEFAULT NULL, p_commission_rate numeric DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    UPDATE partners
+       SET name = coalesce(p_name, name), commission_rate = coalesce(p_commission_rate, commission_rate)
+     WHERE id = p_partner_id
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END
+$$;
+COMMENT ON FUNCTION update_partner(bigint, text, numeric) IS
+    'Renames a partner or changes its rate (NULL keeps the current value); the rate applies to payments verified afterwards. Returns the id, or NULL if there is no such partner.';
+
+CREATE OR REPLACE FUNCTION record_payment(
+    p_amount numeric,
+    p_currency char(3),
+    p_partner_id bigint DEFAULT NULL,
+    p_provider_reference text DEFAULT NULL
+)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    -- Always pending and always manual: a provider's payments arrive through
+    -- apply_webhook_event, and only verify_payment makes one earn.
+    INSERT INTO payments (amount, currency, partner_id, provider, provider_reference)
+    VALUES (p_amount, p_currency, p_partner_id, 'manual', p_provider_reference)
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END
+$$;
+COMMENT ON FUNCTION record_payment(numeric, char(3), bigint, text) IS
+    'Records a pending manual payment (an operator''s, or the API''s POST /api/payments); verify it with verify_payment(id). Returns its id.';
+
+CREATE OR REPLACE FUNCTION mark_notification_read(p_notification_id bigint, p_partner_id bigint DEFAULT NULL)
+RETURNS SETOF notifications
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    -- p_partner_id scopes the call to one partner's notifications (NULL: any,
+    -- for an admin). A notification already read keeps its first read_at.
+    RETURN QUERY
+    UPDATE notifications SET read_at = coalesce(read_at, now())
+     WHERE id = p_notification_id AND (p_partner_id IS NULL OR partner_id = p_partner_id)
+    RETURNING *;
+END
+$$;
+COMMENT ON FUNCTION mark_notification_read(bigint, bigint) IS
+    'Marks a notification read (scoped to one partner unless p_partner_id is NULL); returns it, or no row if there is no such notification of that partner.';

@@ -34,6 +34,20 @@ LANGUAGE sql STABLE
 AS $$ SELECT to_char(p_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') $$;
 COMMENT ON FUNCTION utc_text(timestamptz) IS 'A time as the wire writes it: RFC 3339 in UTC with microseconds, whatever the session''s TimeZone.';
 
+CREATE OR REPLACE FUNCTION set_partner_hold_days(p_partner_id bigint, p_hold_days integer)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    UPDATE partners SET hold_days = p_hold_days WHERE id = p_partner_id RETURNING id INTO v_id;
+    RETURN v_id;
+END
+$$;
+COMMENT ON FUNCTION set_partner_hold_days(bigint, integer) IS
+    'Sets a partner''s hold period in days (0 to 3650; NULL: the program default). It applies to the partner''s pending commissions too: the next approve_due_commissions approves those whose earned time plus the new hold has passed. Returns the id, or NULL if there is no such partner.';
+
 -- The views at the end read the functions below; they are recreated there.
 DROP VIEW IF EXISTS payable_balances, payouts_with_items, commissions_due_for_approval;
 
@@ -41,8 +55,7 @@ DROP VIEW IF EXISTS payable_balances, payouts_with_items, commissions_due_for_ap
 -- Approval
 -- ---------------------------------------------------------------------------
 
-DROP FUNCTION IF EXISTS due_commissions(timestamptz);
-CREATE FUNCTION due_commissions(p_now timestamptz)
+CREATE OR REPLACE FUNCTION due_commissions(p_now timestamptz)
 RETURNS TABLE (commission_id bigint, payment_id bigint, partner_id bigint, currency char(3), amount numeric, earned_at timestamptz, due_at timestamptz)
 LANGUAGE sql STABLE
 AS $$
@@ -402,8 +415,7 @@ COMMENT ON FUNCTION create_payouts(timestamptz, bigint, char) IS
 -- PL/pgSQL: a SQL function taking a row type is not inlined. VOLATILE, so
 -- that SELECT payout_json(o) FROM create_payouts(..) o counts the items that
 -- create_payouts just wrote (a STABLE function sees the calling query's snapshot).
-DROP FUNCTION IF EXISTS payout_json(payouts);
-CREATE FUNCTION payout_json(p payouts)
+CREATE OR REPLACE FUNCTION payout_json(p payouts)
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE STRICT
 AS $$
@@ -477,7 +489,7 @@ COMMENT ON FUNCTION mark_payout_failed(bigint, text) IS 'A pending or sent payou
 
 CREATE OR REPLACE TRIGGER commission_approvals_engine_only
     BEFORE INSERT ON commission_approvals
-    FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
+    FOR EACH ROW WHEN (current_user <> 'commissions_owner' OR coalesce(current_setting('commissions.engine', true), '') <> 'on')
     EXECUTE FUNCTION reject_hand_insert();
 COMMENT ON TRIGGER commission_approvals_engine_only ON commission_approvals IS 'Approval batches are written by approve_due_commissions only.';
 
@@ -488,7 +500,7 @@ COMMENT ON TRIGGER commission_approvals_append_only ON commission_approvals IS '
 
 CREATE OR REPLACE TRIGGER payout_items_guard
     BEFORE INSERT OR UPDATE OR DELETE ON payout_items
-    FOR EACH ROW WHEN (coalesce(current_setting('commissions.engine', true), '') <> 'on')
+    FOR EACH ROW WHEN (current_user <> 'commissions_owner' OR coalesce(current_setting('commissions.engine', true), '') <> 'on')
     EXECUTE FUNCTION guard_engine_columns();
 COMMENT ON TRIGGER payout_items_guard ON payout_items IS 'What a payout covers is the engine''s: create_payouts writes it, a failure lets go of it.';
 

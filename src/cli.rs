@@ -9,8 +9,13 @@ use crate::{
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate(config) => {
-            db::migrate(config.database_url.expose()).await?;
+            let url = config.database.database_url.expose();
+            db::migrate(url).await?;
             tracing::info!("migrations and engine applied");
+            if let Some(password) = &config.service_role_password {
+                db::set_service_role_password(url, password.expose()).await?;
+                tracing::info!("password of commissions_service set");
+            }
             Ok(())
         }
         Command::Serve(config) => {

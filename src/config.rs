@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply the migrations, then (re)install the engine from sql/.
-    Migrate(DatabaseConfig),
+    Migrate(MigrateConfig),
     /// Run the HTTP and WebSocket service.
     Serve(ServeConfig),
     /// Migrate, create "Demo Partner", print dashboard links with tokens, then serve.
@@ -95,6 +95,18 @@ impl DatabaseConfig {
             ),
         }
     }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateConfig {
+    /// As the migrator: a superuser, or a member of commissions_owner.
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    /// Set this password on the service's login role, commissions_service
+    /// (where the nodes log in with a password, as under docker compose).
+    /// Sent as a SCRAM verifier, so the password is in no server log.
+    #[arg(long, env = "SERVICE_ROLE_PASSWORD", hide_env_values = true)]
+    pub service_role_password: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Args)]

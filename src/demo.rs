@@ -88,12 +88,9 @@ async fn demo_partner(pool: &PgPool) -> anyhow::Result<i64> {
     if let Some(id) = existing {
         return Ok(id);
     }
-    let id = sqlx::query_scalar!(
-        "INSERT INTO partners (name) VALUES ($1) RETURNING id",
-        DEMO_PARTNER
-    )
-    .fetch_one(pool)
-    .await?;
+    let id = sqlx::query_scalar!(r#"SELECT create_partner($1) AS "id!""#, DEMO_PARTNER)
+        .fetch_one(pool)
+        .await?;
     Ok(id)
 }
 
@@ -131,7 +128,7 @@ pub async fn simulate_payment(config: SimulatePaymentConfig) -> anyhow::Result<(
         bail!("there is no partner #{}", config.partner_id);
     };
     let payment_id = sqlx::query_scalar!(
-        "INSERT INTO payments (amount, currency, partner_id) VALUES ($1, $2, $3) RETURNING id",
+        r#"SELECT record_payment($1, $2, $3) AS "id!""#,
         amount,
         currency,
         config.partner_id

@@ -26,5 +26,7 @@ pub mod http;
 pub mod realtime;
 /// Builds the app from config and binds it, so tests run the real server on port 0.
 pub mod startup;
+/// `AppState`, what every handler shares: below `http`, above what it holds.
+pub mod state;
 /// Structured logging.
 pub mod telemetry;

@@ -1,6 +1,7 @@
 //! Builds the application from its configuration and binds the listener
 //! before serving, so callers (tests included) can bind port 0 and learn the
-//! real address first.
+//! real address first. The one module that wires `http` to the layers below
+//! it: the state it builds lives in [`crate::state`].
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -8,21 +9,10 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
-use crate::{auth::Verifier, config::ServeConfig, db, http, realtime::Relay};
+use crate::{auth::Verifier, config::ServeConfig, db, http, realtime::Relay, state::AppState};
 
 /// How long shutdown waits for the sockets to close.
 const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
-
-/// Everything a request handler may need. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub db: sqlx::PgPool,
-    pub config: Arc<ServeConfig>,
-    /// The node's WebSocket relay (LISTEN connection and rooms).
-    pub relay: Relay,
-    /// Checks every token (REST, idempotency, WebSocket).
-    pub verifier: Arc<Verifier>,
-}
 
 pub struct Application {
     listener: TcpListener,

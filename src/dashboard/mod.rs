@@ -19,8 +19,6 @@ use axum::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::startup::AppState;
-
 const HTML: &str = "text/html; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
@@ -100,12 +98,13 @@ impl Asset {
     }
 }
 
-fn serve(asset: Arc<Asset>) -> MethodRouter<AppState> {
+fn serve<S: Clone + Send + Sync + 'static>(asset: Arc<Asset>) -> MethodRouter<S> {
     get(move |request: HeaderMap| async move { asset.respond(&request) })
 }
 
-/// The dashboard's paths, merged into the router by `http::router`.
-pub fn routes() -> Router<AppState> {
+/// The dashboard's paths, merged into the router by `http::router`. They read
+/// no state, so they take whatever state the router has.
+pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     let mut page = Asset::new(include_str!("assets/dashboard.html"), HTML);
     page.extra = vec![
         (

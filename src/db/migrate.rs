@@ -43,6 +43,11 @@ pub const ENGINE_SQL: &[(&str, &str)] = &[
         "08_lifecycle.sql",
         include_str!("../../sql/08_lifecycle.sql"),
     ),
+    // Last: it sets the owner and the privileges of everything above.
+    (
+        "99_privileges.sql",
+        include_str!("../../sql/99_privileges.sql"),
+    ),
 ];
 
 const MIGRATION_LOCK_KEY: i64 = 7_164_946_332_151_808_000;
@@ -110,6 +115,38 @@ pub async fn migrate_with(database_url: &str, options: MigrateOptions) -> anyhow
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
         .await;
+    drop(client);
+    let _ = connection.await;
+    result
+}
+
+/// Gives the service's login role a password, as a SCRAM-SHA-256 verifier
+/// computed here: a server that logs DDL logs the verifier, never the password.
+pub async fn set_service_role_password(database_url: &str, password: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        password.len() >= 16,
+        "SERVICE_ROLE_PASSWORD must be at least 16 characters"
+    );
+    let (mut config, tls) = super::tls::tokio_postgres(database_url)?;
+    config.application_name("commissions:migrate");
+    let (client, connection) = config
+        .connect(tls)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    let connection = tokio::spawn(connection);
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    // ALTER ROLE takes no bind parameters; the verifier is quoted by format(%L).
+    let statement: String = client
+        .query_one(
+            "SELECT format('ALTER ROLE commissions_service PASSWORD %L', $1::text)",
+            &[&verifier],
+        )
+        .await?
+        .get(0);
+    let result = client
+        .batch_execute(&statement)
+        .await
+        .context("cannot set the password of commissions_service");
     drop(client);
     let _ = connection.await;
     result

@@ -9,7 +9,7 @@ use std::{str::FromStr, time::Duration};
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
-pub use migrate::{migrate, migrate_with, MigrateOptions, ENGINE_SQL};
+pub use migrate::{migrate, migrate_with, set_service_role_password, MigrateOptions, ENGINE_SQL};
 
 /// Limits every session of the API pool sets, so that no request waits on
 /// a lock or runs for ever, and no transaction left open by a bug holds

@@ -1,6 +1,8 @@
 //! The HTTP layer's one error type, and the one place it becomes an
 //! `application/problem+json` response (RFC 9457). Each variant has a stable
 //! `type` URI clients can match on. A 500 logs its cause and sends none of it.
+//! A layer below with errors of its own (`realtime::Error`) is given its
+//! statuses here, so that it never imports this layer.
 
 use axum::{
     extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection},
@@ -9,6 +11,8 @@ use axum::{
     Json,
 };
 use serde::Serialize;
+
+use crate::realtime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -219,6 +223,30 @@ impl From<PathRejection> for Error {
     }
 }
 
+/// A refused WebSocket handshake (`GET /notifications`) as its problem: the
+/// relay says why, this says with which status.
+impl From<realtime::Error> for Error {
+    fn from(refusal: realtime::Error) -> Self {
+        use realtime::Error as Refusal;
+        let detail = refusal.to_string();
+        match refusal {
+            Refusal::ShuttingDown => Error::Unavailable(detail),
+            Refusal::HandshakesFromAddress
+            | Refusal::HandshakesForUser
+            | Refusal::TooManySockets => Error::TooManyRequests(detail),
+            Refusal::BadQuery(_) | Refusal::NegativeSince | Refusal::NotAnUpgrade => {
+                Error::BadRequest(detail)
+            }
+            Refusal::NoToken | Refusal::InvalidToken(_) | Refusal::PartnerTokenWithoutPartner => {
+                Error::Unauthorized(detail)
+            }
+            Refusal::OtherPartner => Error::Forbidden(detail),
+            Refusal::UnknownPartner(_) => Error::NotFound(detail),
+            Refusal::Database(e) => Error::Database(e),
+        }
+    }
+}
+
 impl Error {
     fn from_body_failure(status: StatusCode, text: String) -> Self {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -251,3 +279,99 @@ pub fn on_constraint(
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{auth::AuthError, realtime::Error as Refusal};
+
+    /// The handshake's refusals were problems of this layer before the relay
+    /// had an error type of its own: each keeps its status, type and wording.
+    #[test]
+    fn every_handshake_refusal_keeps_its_problem() {
+        let token_required = "a token is required: ?token=, Authorization: Bearer <token>, or Sec-WebSocket-Protocol: bearer, <token>";
+        let cases = [
+            (
+                Refusal::ShuttingDown,
+                503,
+                "unavailable",
+                "the server is shutting down; reconnect",
+            ),
+            (
+                Refusal::HandshakesFromAddress,
+                429,
+                "too-many-requests",
+                "too many WebSocket handshakes from this address; slow down",
+            ),
+            (
+                Refusal::BadQuery("bad query".into()),
+                400,
+                "bad-request",
+                "bad query",
+            ),
+            (Refusal::NoToken, 401, "unauthorized", token_required),
+            (
+                Refusal::InvalidToken(AuthError::Expired),
+                401,
+                "unauthorized",
+                "the token has expired",
+            ),
+            (
+                Refusal::HandshakesForUser,
+                429,
+                "too-many-requests",
+                "too many WebSocket handshakes for this user; slow down",
+            ),
+            (
+                Refusal::OtherPartner,
+                403,
+                "forbidden",
+                "this token may not follow that partner",
+            ),
+            (
+                Refusal::PartnerTokenWithoutPartner,
+                401,
+                "unauthorized",
+                "a partner token must carry partner_id",
+            ),
+            (
+                Refusal::NegativeSince,
+                400,
+                "bad-request",
+                "since must be 0 or more",
+            ),
+            (
+                Refusal::NotAnUpgrade,
+                400,
+                "bad-request",
+                "GET /notifications must be a WebSocket upgrade",
+            ),
+            (
+                Refusal::UnknownPartner(7),
+                404,
+                "not-found",
+                "partner 7 does not exist",
+            ),
+            (
+                Refusal::TooManySockets,
+                429,
+                "too-many-requests",
+                "too many open sockets for this user",
+            ),
+        ];
+        for (refusal, status, slug, detail) in cases {
+            let problem = Error::from(refusal).problem();
+            assert_eq!(problem.status, status);
+            assert_eq!(problem.kind, format!("/problems/{slug}"));
+            assert_eq!(problem.detail.as_deref(), Some(detail));
+        }
+        // A failed read of the log is the database error it was: mapped by
+        // its SQLSTATE (or a pool timeout) like every other, otherwise a 500.
+        let error = Error::from(Refusal::Database(sqlx::Error::PoolTimedOut));
+        assert!(matches!(error, Error::Database(sqlx::Error::PoolTimedOut)));
+        assert_eq!(
+            error.into_response().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

@@ -14,7 +14,7 @@ use axum::{
 use super::error::{Error, Result};
 use crate::{
     auth::{self, AuthError, Claims},
-    startup::AppState,
+    state::AppState,
 };
 
 /// The authenticated caller: the claims of a valid `Authorization: Bearer` JWT.

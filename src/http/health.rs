@@ -5,7 +5,7 @@ use axum::{extract::State, Json};
 use serde_json::{json, Value};
 
 use super::error::{Error, Result};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "{\"status\": \"ok\"}")))]

@@ -16,9 +16,12 @@
 //!   (retry later) and never runs it; one under a `completed` key replays.
 //! - No connection is held by this layer while the handler runs, so a burst
 //!   cannot starve the pool: each request needs one connection at a time.
-//! - A claim is released (deleted) only when the handler answered 5xx: the
-//!   handlers make their effect and read their response in one transaction,
-//!   so a 5xx means that transaction rolled back and a retry is safe.
+//! - A claim is released (deleted) only when the handler answered 5xx and
+//!   its effect did not commit. A handler marks the claim applied in the
+//!   same transaction as its effect ([`mark_applied`]), so "did not commit"
+//!   is a fact in the database, not a guess from the status: a COMMIT whose
+//!   acknowledgement was lost answers 5xx, but its claim is applied and
+//!   stays, and a retry gets a 409 saying the request took effect.
 //! - A claim whose response was never stored (the process died, the request
 //!   hit its deadline, or storing the response failed after the effect
 //!   committed) stays `in_progress` for good. That is the safe side: we cannot
@@ -40,13 +43,14 @@ use axum::{
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 use super::{
     error::{too_large_detail, Error, Result},
     extractor::IdempotencyKey,
     MAX_BODY_BYTES,
 };
-use crate::{auth, startup::AppState};
+use crate::{auth, state::AppState};
 
 /// Marks a replayed response.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -63,6 +67,7 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
 }
 
 /// Who sent which request under which key.
+#[derive(Clone)]
 struct Scope {
     caller: String,
     method: String,
@@ -111,6 +116,7 @@ async fn replay_or_record(state: AppState, request: Request, next: Next) -> Resu
     }
 
     // The claim is committed and no connection is held while the handler runs.
+    parts.extensions.insert(Claim(Arc::new(scope.clone())));
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     if response.status().is_server_error() {
         release(&state, &scope).await;
@@ -124,12 +130,38 @@ async fn replay_or_record(state: AppState, request: Request, next: Next) -> Resu
     Ok(Response::from_parts(parts, Body::from(bytes)))
 }
 
+/// The claim a request runs under, for its handler to mark applied in the
+/// transaction of its effect. Handlers take it as `Option<Extension<Claim>>`:
+/// a request without a key has none.
+#[derive(Clone)]
+pub struct Claim(Arc<Scope>);
+
+/// Marks the request's claim applied, in the caller's transaction: the mark
+/// commits if and only if the effect does.
+pub async fn mark_applied(tx: &mut sqlx::PgConnection, claim: Option<&Claim>) -> Result<()> {
+    let Some(Claim(scope)) = claim else {
+        return Ok(());
+    };
+    sqlx::query!(
+        "UPDATE idempotency_keys SET applied_at = now()
+          WHERE caller = $1 AND method = $2 AND route = $3 AND key = $4 AND state = 'in_progress'",
+        scope.caller,
+        scope.method,
+        scope.route,
+        scope.key
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 /// The answer to a request under a key already claimed: a replay, a 422 for
 /// a different request, or a 409 while the first is in progress. `None` if
 /// the key is free.
 async fn earlier_request(state: &AppState, scope: &Scope, hash: &str) -> Result<Option<Response>> {
     let stored = sqlx::query!(
         r#"SELECT request_hash, state, response_status, response_body, response_content_type,
+                  applied_at IS NOT NULL AS "applied!",
                   created_at < now() - interval '5 minutes' AS "stuck!"
              FROM idempotency_keys
             WHERE caller = $1 AND key = $4
@@ -162,11 +194,12 @@ async fn earlier_request(state: &AppState, scope: &Scope, hash: &str) -> Result<
             &body,
             stored.response_content_type.as_deref(),
         ))),
+        _ if stored.applied => Ok(Some(applied_without_response(&scope.path))),
         _ => Ok(Some(in_progress(stored.stuck))),
     }
 }
 
-/// 409. While the first request may still be running it carries
+/// The 409 answer. While the first request may still be running it carries
 /// `Retry-After: 1`; a stuck claim does not, as retrying will not help.
 fn in_progress(stuck: bool) -> Response {
     if stuck {
@@ -180,6 +213,16 @@ fn in_progress(stuck: bool) -> Response {
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
+}
+
+/// 409 for a request that took effect but whose response was lost (the
+/// COMMIT's acknowledgement, or storing the response, failed). Running it
+/// again would repeat the effect; the client reads the result instead.
+fn applied_without_response(path: &str) -> Response {
+    Error::Conflict(format!(
+        "the first request with this Idempotency-Key took effect, but its response was lost: read the result (GET what {path} changed) instead of retrying"
+    ))
+    .into_response()
 }
 
 /// Claims the key in a statement of its own (committed at once); false if
@@ -202,13 +245,15 @@ async fn claim(state: &AppState, scope: &Scope, hash: &str) -> Result<bool> {
     Ok(claimed == 1)
 }
 
-/// After a 5xx: the handler's transaction rolled back, so the client may
-/// retry under the same key. If the release itself fails, the claim stays
-/// (safe: a retry gets a 409, never a second effect).
+/// After a 5xx: unless the handler's transaction committed its mark (the
+/// 5xx came after the COMMIT landed), the effect rolled back and the client
+/// may retry under the same key. If the release itself fails, the claim
+/// stays (safe: a retry gets a 409, never a second effect).
 async fn release(state: &AppState, scope: &Scope) {
     let released = sqlx::query!(
         "DELETE FROM idempotency_keys
-          WHERE caller = $1 AND method = $2 AND route = $3 AND key = $4 AND state = 'in_progress'",
+          WHERE caller = $1 AND method = $2 AND route = $3 AND key = $4 AND state = 'in_progress'
+            AND applied_at IS NULL",
         scope.caller,
         scope.method,
         scope.route,

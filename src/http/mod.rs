@@ -35,6 +35,8 @@ mod partners;
 mod payments;
 /// `/api/payouts/...`: run payouts, list them, record sent, paid or failed.
 mod payouts;
+/// `/notifications`: the WebSocket upgrade, handed to `realtime::socket`.
+mod stream;
 /// `/webhooks/stripe` and `/webhooks/paystack`.
 pub mod webhooks;
 
@@ -53,7 +55,7 @@ use tower_http::{
     trace::{DefaultOnResponse, TraceLayer},
 };
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The largest request body accepted. Every body this API takes is a small
 /// JSON document; providers' webhook events are a few KiB.
@@ -100,7 +102,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/notifications", get(crate::realtime::socket::notifications))
+        .route("/notifications", get(stream::notifications))
         .merge(crate::dashboard::routes())
         .merge(match state_metrics_elsewhere {
             true => Router::new(),

@@ -12,7 +12,7 @@ use super::{
     extractor::{Caller, Json, Path, Query},
     pagination,
 };
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Notification {
@@ -104,9 +104,9 @@ pub async fn mark_read(
     let partner_id = scope(&caller, None)?;
     sqlx::query_as!(
         Notification,
-        "UPDATE notifications SET read_at = coalesce(read_at, now())
-          WHERE id = $1 AND ($2::bigint IS NULL OR partner_id = $2)
-          RETURNING id, partner_id, event_position, title, body, read_at, created_at",
+        r#"SELECT id AS "id!", partner_id AS "partner_id!", event_position AS "event_position!",
+                  title AS "title!", body AS "body!", read_at, created_at AS "created_at!"
+             FROM mark_notification_read($1, $2)"#,
         id,
         partner_id
     )

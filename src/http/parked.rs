@@ -12,7 +12,7 @@ use super::{
     error::Result,
     extractor::{Caller, Json},
 };
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A parked provider event.
 #[derive(Debug, Serialize, ToSchema)]

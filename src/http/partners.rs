@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::{extract::State, http::StatusCode};
+use axum::{extract::State, http::StatusCode, Extension};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -14,10 +14,11 @@ use super::{
     commissions::{self, Commission},
     error::{on_constraint, Error, Result},
     extractor::{Caller, Json, Path, Query},
+    idempotency::{self, Claim},
     money::Rate,
     pagination,
 };
-use crate::{events::EventLog, startup::AppState};
+use crate::{events::EventLog, state::AppState};
 
 /// A partner's totals in one currency, each a sum of the ledger that the
 /// audit view checks (docs/engine.md, "The lifecycle").
@@ -154,6 +155,7 @@ async fn fetch_partner(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<Partner
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    claim: Option<Extension<Claim>>,
     Json(new): Json<NewPartner>,
 ) -> Result<(StatusCode, Json<Partner>)> {
     caller.require_admin()?;
@@ -162,15 +164,18 @@ pub async fn create(
     // with nothing written, so an Idempotency-Key retry is safe.
     let mut tx = state.db.begin().await?;
     let id = sqlx::query_scalar!(
-        "INSERT INTO partners (name, commission_rate, hold_days) VALUES ($1, coalesce($2, 0.02), $3) RETURNING id",
+        r#"SELECT create_partner($1, $2) AS "id!""#,
         new.name.trim(),
-        new.commission_rate.map(|r| r.0),
-        new.hold_days
+        new.commission_rate.map(|r| r.0)
     )
     .fetch_one(&mut *tx)
     .await
     .map_err(rate_violation)?;
+    if new.hold_days.is_some() {
+        set_hold_days(&mut tx, id, new.hold_days).await?;
+    }
     let partner = fetch_partner(&mut *tx, id).await?;
+    idempotency::mark_applied(&mut tx, claim.as_deref()).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(partner)))
 }
@@ -207,23 +212,39 @@ pub async fn update(
     if let Some(name) = &change.name {
         check_name(name)?;
     }
+    // The name, rate and hold period change together or not at all.
+    let mut tx = state.db.begin().await?;
     let updated = sqlx::query_scalar!(
-        "UPDATE partners SET name = coalesce($2, name), commission_rate = coalesce($3, commission_rate),
-                hold_days = CASE WHEN $4 THEN $5 ELSE hold_days END
-          WHERE id = $1 RETURNING id",
+        "SELECT update_partner($1, $2, $3) AS id",
         id,
         change.name.as_deref().map(str::trim),
-        change.commission_rate.map(|r| r.0),
-        change.hold_days.is_some(),
-        change.hold_days.flatten()
+        change.commission_rate.map(|r| r.0)
     )
-    .fetch_optional(&state.db)
+    .fetch_one(&mut *tx)
     .await
     .map_err(rate_violation)?;
     if updated.is_none() {
         return Err(Error::NotFound(format!("partner {id} does not exist")));
     }
-    Ok(Json(fetch_partner(&state.db, id).await?))
+    if let Some(hold_days) = change.hold_days {
+        set_hold_days(&mut tx, id, hold_days).await?;
+    }
+    let partner = fetch_partner(&mut *tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(partner))
+}
+
+/// The engine's `set_partner_hold_days` (NULL: the program's default).
+async fn set_hold_days(tx: &mut sqlx::PgConnection, id: i64, hold_days: Option<i32>) -> Result<()> {
+    sqlx::query_scalar!(
+        r#"SELECT set_partner_hold_days($1, $2) AS "id""#,
+        id,
+        hold_days
+    )
+    .fetch_one(tx)
+    .await
+    .map_err(rate_violation)?;
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

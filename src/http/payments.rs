@@ -4,7 +4,7 @@
 //! in SQL writes the commission in the same transaction, and the response
 //! reads it back from that transaction.
 
-use axum::{extract::State, http::StatusCode};
+use axum::{extract::State, http::StatusCode, Extension};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -13,10 +13,11 @@ use super::{
     commissions::{self, Commission},
     error::{on_constraint, Error, Result},
     extractor::{Caller, Json, Path, RawBody},
+    idempotency::{self, Claim},
     metrics,
     money::{self, Amount},
 };
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Payment {
@@ -79,6 +80,7 @@ pub struct NewPayment {
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    claim: Option<Extension<Claim>>,
     Json(new): Json<NewPayment>,
 ) -> Result<(StatusCode, Json<Payment>)> {
     caller.require_admin()?;
@@ -97,8 +99,7 @@ pub async fn create(
     // with nothing written, so an Idempotency-Key retry is safe.
     let mut tx = state.db.begin().await?;
     let id = sqlx::query_scalar!(
-        "INSERT INTO payments (amount, currency, partner_id, provider, provider_reference)
-         VALUES ($1, $2, $3, 'manual', $4) RETURNING id",
+        r#"SELECT record_payment($1, $2, $3, $4) AS "id!""#,
         amount,
         new.currency,
         new.partner_id,
@@ -118,6 +119,7 @@ pub async fn create(
         },
     )?;
     let payment = fetch(&mut *tx, id).await?;
+    idempotency::mark_applied(&mut tx, claim.as_deref()).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(payment)))
 }
@@ -147,10 +149,12 @@ pub struct Refunded {
 pub async fn verify(
     State(state): State<AppState>,
     caller: Caller,
+    claim: Option<Extension<Claim>>,
     Path(id): Path<i64>,
 ) -> Result<Json<Verified>> {
     caller.require_admin()?;
-    let (payment, commission) = change_status(&state, id, Transition::Verify).await?;
+    let (payment, commission) =
+        change_status(&state, id, Transition::Verify, claim.as_deref()).await?;
     Ok(Json(Verified {
         payment,
         commission,
@@ -179,6 +183,7 @@ pub struct RefundRequest {
 pub async fn refund(
     State(state): State<AppState>,
     caller: Caller,
+    claim: Option<Extension<Claim>>,
     Path(id): Path<i64>,
     RawBody(body): RawBody,
 ) -> Result<Json<Refunded>> {
@@ -205,7 +210,8 @@ pub async fn refund(
             Some(amount.for_currency(&payment.currency, payment.minor_units)?)
         }
     };
-    let (payment, reversal) = change_status(&state, id, Transition::Refund(amount)).await?;
+    let (payment, reversal) =
+        change_status(&state, id, Transition::Refund(amount), claim.as_deref()).await?;
     Ok(Json(Refunded { payment, reversal }))
 }
 
@@ -225,6 +231,7 @@ async fn change_status(
     state: &AppState,
     id: i64,
     transition: Transition,
+    claim: Option<&Claim>,
 ) -> Result<(Payment, Option<Commission>)> {
     let mut tx = state.db.begin().await?;
     // The payment's lock first, then the ledger's last entry: an entry that a
@@ -257,6 +264,7 @@ async fn change_status(
     };
     let entry = commissions::for_payment(&mut *tx, id, kind, before).await?;
     let payment = fetch(&mut *tx, id).await?;
+    idempotency::mark_applied(&mut tx, claim).await?;
     tx.commit().await?;
     if entry.is_some() {
         metrics::commission_written(kind);

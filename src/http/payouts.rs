@@ -9,7 +9,7 @@
 //! illegal change with CM006, which is a 409 here. The JSON of a payout is
 //! built by `payout_json`, in SQL, like every amount on the wire.
 
-use axum::extract::State;
+use axum::{extract::State, Extension};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -18,9 +18,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::{
     error::{Error, Result},
     extractor::{Caller, Json, Path, Query},
+    idempotency::{self, Claim},
     money, pagination,
 };
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A payout.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -81,6 +82,7 @@ pub struct Payouts {
 pub async fn run(
     State(state): State<AppState>,
     caller: Caller,
+    claim: Option<Extension<Claim>>,
     Json(run): Json<PayoutRun>,
 ) -> Result<Json<Payouts>> {
     caller.require_admin()?;
@@ -89,13 +91,16 @@ pub async fn run(
         .as_deref()
         .map(money::currency_code)
         .transpose()?;
+    let mut tx = state.db.begin().await?;
     let rows = sqlx::query_scalar!(
         r#"SELECT payout_json(o) AS "payout!" FROM create_payouts(now(), $1, $2::text::char(3)) o"#,
         run.partner_id,
         currency
     )
-    .fetch_all(&state.db)
+    .fetch_all(&mut *tx)
     .await?;
+    idempotency::mark_applied(&mut tx, claim.as_deref()).await?;
+    tx.commit().await?;
     let payouts = rows.into_iter().map(payout).collect::<Result<_>>()?;
     Ok(Json(Payouts { payouts }))
 }
@@ -239,10 +244,11 @@ fn check_text(field: &str, value: Option<&str>, max: usize) -> Result<()> {
 pub async fn sent(
     State(state): State<AppState>,
     caller: Caller,
+    claim: Option<Extension<Claim>>,
     Path(id): Path<i64>,
     Json(body): Json<PayoutReference>,
 ) -> Result<Json<Payout>> {
-    with_reference(&state, &caller, id, "sent", body).await
+    with_reference(&state, &caller, claim.as_deref(), id, "sent", body).await
 }
 
 /// Mark a sent payout paid, with the payout provider's reference. Final.
@@ -257,10 +263,11 @@ pub async fn sent(
 pub async fn paid(
     State(state): State<AppState>,
     caller: Caller,
+    claim: Option<Extension<Claim>>,
     Path(id): Path<i64>,
     Json(body): Json<PayoutReference>,
 ) -> Result<Json<Payout>> {
-    with_reference(&state, &caller, id, "paid", body).await
+    with_reference(&state, &caller, claim.as_deref(), id, "paid", body).await
 }
 
 /// Mark a pending or sent payout failed, with the reason: its amount is
@@ -276,19 +283,29 @@ pub async fn paid(
 pub async fn failed(
     State(state): State<AppState>,
     caller: Caller,
+    claim: Option<Extension<Claim>>,
     Path(id): Path<i64>,
     Json(body): Json<PayoutFailed>,
 ) -> Result<Json<Payout>> {
     caller.require_admin()?;
     check_text("reason", Some(&body.reason), 500)?;
     Ok(Json(
-        change_state(&state, id, "failed", None, Some(body.reason)).await?,
+        change_state(
+            &state,
+            claim.as_deref(),
+            id,
+            "failed",
+            None,
+            Some(body.reason),
+        )
+        .await?,
     ))
 }
 
 async fn with_reference(
     state: &AppState,
     caller: &Caller,
+    claim: Option<&Claim>,
     id: i64,
     to: &str,
     body: PayoutReference,
@@ -300,7 +317,7 @@ async fn with_reference(
         200,
     )?;
     Ok(Json(
-        change_state(state, id, to, body.provider_reference, None).await?,
+        change_state(state, claim, id, to, body.provider_reference, None).await?,
     ))
 }
 
@@ -308,11 +325,14 @@ async fn with_reference(
 /// and `_failed` wrap for DBAs; the trigger on payouts checks the transition.
 async fn change_state(
     state: &AppState,
+    claim: Option<&Claim>,
     id: i64,
     to: &str,
     provider_reference: Option<String>,
     reason: Option<String>,
 ) -> Result<Payout> {
+    // The claim is marked in the effect's transaction (see idempotency.rs).
+    let mut tx = state.db.begin().await?;
     let json = sqlx::query_scalar!(
         r#"SELECT payout_json(o) AS "payout!" FROM change_payout_state($1, $2, $3, $4) o"#,
         id,
@@ -320,7 +340,9 @@ async fn change_state(
         provider_reference,
         reason
     )
-    .fetch_one(&state.db)
+    .fetch_one(&mut *tx)
     .await?;
+    idempotency::mark_applied(&mut tx, claim).await?;
+    tx.commit().await?;
     payout(json)
 }

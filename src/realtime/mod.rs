@@ -11,7 +11,9 @@
 //! - [`hub`]: the rooms (one per partner, one for admins) and the routing of
 //!   each notification to its room's sockets only.
 //! - [`socket`]: `GET /notifications`, the handshake checks and the task that
-//!   runs one socket.
+//!   runs one socket. Its route is `http`'s; a refused handshake is an
+//!   [`Error`], which `http` turns into a problem response. This layer
+//!   imports nothing of `http` or of the state handlers share.
 //!
 //! Why no event is lost or repeated:
 //! - A partner's `seq` is gapless and in commit order (the engine's publisher
@@ -40,6 +42,8 @@
 
 /// A socket's place in its room's order, and what to do with each event.
 pub mod cursor;
+/// Why a handshake is refused.
+mod error;
 pub mod feed;
 pub mod hub;
 pub mod inbox;
@@ -60,6 +64,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::{config::RealtimeConfig, events::EventLog};
 
+pub use error::Error;
 use hub::Hub;
 
 /// The relay of one node, shared by every socket. Cheap to clone.

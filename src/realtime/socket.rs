@@ -1,4 +1,6 @@
-//! `GET /notifications`: the handshake checks, then one task per socket.
+//! `GET /notifications`: the handshake checks, then one task per socket. The
+//! route is `http`'s, which also answers each refusal (a [`super::Error`])
+//! with its problem+json.
 //!
 //! Handshake (refusals are problem+json, nothing is upgraded): at most
 //! `WS_HANDSHAKES_PER_SECOND_PER_IP` attempts per IP and second (429); a
@@ -29,7 +31,7 @@ use axum::{
             rejection::WebSocketUpgradeRejection, CloseFrame, Message, Utf8Bytes, WebSocket,
             WebSocketUpgrade,
         },
-        ConnectInfo, Query, State,
+        Query,
     },
     http::{header, HeaderMap},
     response::Response,
@@ -45,13 +47,11 @@ use super::{
     cursor::{Cursor, Step},
     hub::{LiveEvent, Notice, RoomKey},
     inbox::Inbox,
-    Relay, UserSlot,
+    Error, Relay, UserSlot,
 };
 use crate::{
-    auth::{Claims, Role},
+    auth::{Claims, Role, Verifier},
     events::EventLog,
-    http::error::Error,
-    startup::AppState,
 };
 
 /// The largest frame or message a client may send.
@@ -84,52 +84,38 @@ pub struct StreamQuery {
     partner_id: Option<i64>,
 }
 
-/// The WebSocket endpoint. Every refusal happens here, before the upgrade.
-pub async fn notifications(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+/// The WebSocket endpoint's handshake, given what its handler extracted.
+/// Every refusal happens here, before the upgrade.
+pub async fn accept(
+    relay: Relay,
+    verifier: &Verifier,
+    peer: SocketAddr,
     query: Result<Query<StreamQuery>, QueryRejection>,
-    headers: HeaderMap,
+    headers: &HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
-    let relay = state.relay.clone();
     if relay.is_shutting_down() {
-        return Err(Error::Unavailable(
-            "the server is shutting down; reconnect".into(),
-        ));
+        return Err(Error::ShuttingDown);
     }
     let client = relay
         .inner
         .config
         .trusted_proxies
-        .client_ip(peer.ip(), &headers);
+        .client_ip(peer.ip(), headers);
     if !relay.allow_handshake(client) {
-        return Err(Error::TooManyRequests(
-            "too many WebSocket handshakes from this address; slow down".into(),
-        ));
+        return Err(Error::HandshakesFromAddress);
     }
-    let Query(query) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
-    let token = handshake_token(&query, &headers).ok_or_else(|| {
-        Error::Unauthorized(
-            "a token is required: ?token=, Authorization: Bearer <token>, or Sec-WebSocket-Protocol: bearer, <token>".into(),
-        )
-    })?;
-    let claims = state
-        .verifier
-        .verify(token)
-        .await
-        .map_err(|e| Error::Unauthorized(e.to_string()))?;
+    let Query(query) = query.map_err(|e| Error::BadQuery(e.body_text()))?;
+    let token = handshake_token(&query, headers).ok_or(Error::NoToken)?;
+    let claims = verifier.verify(token).await.map_err(Error::InvalidToken)?;
     if !relay.allow_user_handshake(&claims.sub) {
-        return Err(Error::TooManyRequests(
-            "too many WebSocket handshakes for this user; slow down".into(),
-        ));
+        return Err(Error::HandshakesForUser);
     }
     let room = room_for(&claims, query.partner_id)?;
     if query.since.is_some_and(|since| since < 0) {
-        return Err(Error::BadRequest("since must be 0 or more".into()));
+        return Err(Error::NegativeSince);
     }
-    let upgrade = upgrade
-        .map_err(|_| Error::BadRequest("GET /notifications must be a WebSocket upgrade".into()))?;
+    let upgrade = upgrade.map_err(|_| Error::NotAnUpgrade)?;
     if let RoomKey::Partner(partner_id) = room {
         if relay
             .inner
@@ -138,14 +124,12 @@ pub async fn notifications(
             .await?
             .is_none()
         {
-            return Err(Error::NotFound(format!(
-                "partner {partner_id} does not exist"
-            )));
+            return Err(Error::UnknownPartner(partner_id));
         }
     }
     let slot = relay
         .take_user_slot(&claims.sub)
-        .ok_or_else(|| Error::TooManyRequests("too many open sockets for this user".into()))?;
+        .ok_or(Error::TooManySockets)?;
     let session = Session {
         relay,
         room,
@@ -189,14 +173,12 @@ fn room_for(claims: &Claims, partner_id: Option<i64>) -> Result<RoomKey, Error> 
     match (claims.role, partner_id) {
         (Role::Admin, None) => Ok(RoomKey::Admin),
         (_, Some(partner)) if claims.may_see_partner(partner) => Ok(RoomKey::Partner(partner)),
-        (_, Some(_)) => Err(Error::Forbidden(
-            "this token may not follow that partner".into(),
-        )),
+        (_, Some(_)) => Err(Error::OtherPartner),
         // auth::Verifier guarantees a partner token carries partner_id.
         (Role::Partner, None) => claims
             .partner_id
             .map(RoomKey::Partner)
-            .ok_or_else(|| Error::Unauthorized("a partner token must carry partner_id".into())),
+            .ok_or(Error::PartnerTokenWithoutPartner),
     }
 }
 

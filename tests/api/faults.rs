@@ -163,9 +163,17 @@ async fn a_postgresql_restart_under_load_loses_and_repeats_no_event_and_readyz_i
     let cluster = Cluster::start_new("restart");
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
     db::migrate(&url).await.expect("migrate the cluster");
+    // The nodes log in as the service, as in production (the cluster trusts local logins).
+    let service_url = format!(
+        "postgres://commissions_service@127.0.0.1:{}/postgres",
+        cluster.port
+    );
     // Both listen modes: the firehose node, and one LISTENing per partner.
-    let firehose = spawn_node(&url, |_| {}).await;
-    let per_partner = spawn_node(&url, |c| c.realtime.listen_mode = ListenMode::Partner).await;
+    let firehose = spawn_node(&service_url, |_| {}).await;
+    let per_partner = spawn_node(&service_url, |c| {
+        c.realtime.listen_mode = ListenMode::Partner
+    })
+    .await;
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(2))
@@ -380,7 +388,7 @@ async fn deliver(http: &reqwest::Client, base: &str, body: String) -> Option<u16
 async fn a_node_killed_in_the_middle_of_webhooks_counts_each_event_once_after_the_retries() {
     let db = TestDatabase::new().await;
     let partner = create_partner(&db.pool, "Acme", None).await;
-    let mut node = ServeProcess::start(&db.url).await;
+    let mut node = ServeProcess::start(&db.service_url).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
@@ -434,7 +442,7 @@ async fn a_node_killed_in_the_middle_of_webhooks_counts_each_event_once_after_th
 
     // The provider retries everything it has no 200 for, and more (its
     // retries race its own timeouts): send all of them again to a new node.
-    let node = ServeProcess::start(&db.url).await;
+    let node = ServeProcess::start(&db.service_url).await;
     let mut retries = Vec::new();
     for i in 0..N {
         let (http, base) = (http.clone(), node.base.clone());

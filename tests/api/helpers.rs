@@ -31,10 +31,28 @@ fn with_database(url: &str, name: &str) -> String {
     }
 }
 
+/// The same server and database, logged in as `user`.
+pub fn with_user(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("DATABASE_URL is a URL");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{user}:{password}@{host}/{path}")
+}
+
 /// A database of its own, migrated by the real `migrate`. Dropped on drop.
+///
+/// `url` logs in as the superuser of DATABASE_URL (the migrator, and a DBA
+/// who may do anything); `service_url` as a member of `commissions_service`,
+/// which is what every node the harness starts logs in as; `dba_url` as a
+/// member of `commissions_readonly`. The two login roles are the test's own
+/// (roles are cluster-wide, tests run in parallel) and are dropped with it.
 pub struct TestDatabase {
     pub name: String,
     pub url: String,
+    pub service_url: String,
+    pub dba_url: String,
     pub pool: PgPool,
 }
 
@@ -51,12 +69,30 @@ impl TestDatabase {
             .expect("create test database");
         let url = with_database(&admin_url(), &name);
         db::migrate(&url).await.expect("migrate test database");
+        // After migrate: it makes the roles these are members of. A password,
+        // so the harness works where pg_hba.conf asks for one.
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        client
+            .batch_execute(&format!(
+                "CREATE ROLE {name}_svc LOGIN PASSWORD '{password}' IN ROLE commissions_service;
+                 CREATE ROLE {name}_dba LOGIN PASSWORD '{password}' IN ROLE commissions_readonly;"
+            ))
+            .await
+            .expect("create the test's login roles");
+        let service_url = with_user(&url, &format!("{name}_svc"), &password);
+        let dba_url = with_user(&url, &format!("{name}_dba"), &password);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(10)
             .connect(&url)
             .await
             .expect("connect to test database");
-        Self { name, url, pool }
+        Self {
+            name,
+            url,
+            service_url,
+            dba_url,
+            pool,
+        }
     }
 
     /// A plain tokio-postgres connection, as a DBA's psql session would be.
@@ -114,8 +150,15 @@ impl Drop for TestDatabase {
                 if let Ok((client, connection)) = tokio_postgres::connect(&admin_url(), NoTls).await
                 {
                     tokio::spawn(connection);
+                    // One statement each: DROP DATABASE refuses to run in a transaction.
                     let _ = client
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                    let _ = client
+                        .batch_execute(&format!("DROP ROLE IF EXISTS {name}_svc"))
+                        .await;
+                    let _ = client
+                        .batch_execute(&format!("DROP ROLE IF EXISTS {name}_dba"))
                         .await;
                 }
             });
@@ -185,7 +228,7 @@ pub async fn spawn_app_on(db: TestDatabase) -> TestApp {
 
 /// A node whose configuration the test adjusts first (short timers, small limits).
 pub async fn spawn_app_with(db: TestDatabase, configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
-    let node = spawn_node(&db.url, configure).await;
+    let node = spawn_node(&db.service_url, configure).await;
     TestApp {
         address: node.address,
         base: node.base.clone(),
@@ -254,21 +297,19 @@ impl TestApp {
     }
 }
 
-/// Inserts a partner straight into SQL and returns its id.
+/// Adds a partner as an operator in psql would, and returns its id.
 pub async fn create_partner(pool: &PgPool, name: &str, rate: Option<&str>) -> i64 {
     let rate: Option<rust_decimal::Decimal> = rate.map(|r| r.parse().unwrap());
-    let row: (i64,) = sqlx::query_as(
-        "INSERT INTO partners (name, commission_rate) VALUES ($1, coalesce($2, 0.02)) RETURNING id",
-    )
-    .bind(name)
-    .bind(rate)
-    .fetch_one(pool)
-    .await
-    .expect("insert partner");
+    let row: (i64,) = sqlx::query_as("SELECT create_partner($1, $2)")
+        .bind(name)
+        .bind(rate)
+        .fetch_one(pool)
+        .await
+        .expect("insert partner");
     row.0
 }
 
-/// Inserts a pending payment straight into SQL and returns its id.
+/// Records a pending payment as an operator in psql would, and returns its id.
 pub async fn create_payment(
     pool: &PgPool,
     amount: &str,
@@ -276,14 +317,12 @@ pub async fn create_payment(
     partner_id: Option<i64>,
 ) -> i64 {
     let amount: rust_decimal::Decimal = amount.parse().unwrap();
-    let row: (i64,) = sqlx::query_as(
-        "INSERT INTO payments (amount, currency, partner_id) VALUES ($1, $2, $3) RETURNING id",
-    )
-    .bind(amount)
-    .bind(currency)
-    .bind(partner_id)
-    .fetch_one(pool)
-    .await
-    .expect("insert payment");
+    let row: (i64,) = sqlx::query_as("SELECT record_payment($1, $2, $3)")
+        .bind(amount)
+        .bind(currency)
+        .bind(partner_id)
+        .fetch_one(pool)
+        .await
+        .expect("insert payment");
     row.0
 }

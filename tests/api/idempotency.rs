@@ -112,30 +112,55 @@ async fn a_retry_after_the_response_failed_to_be_stored_never_repeats_the_effect
     .unwrap();
     assert_eq!(app.count("SELECT count(*) FROM payments").await, 1);
 
+    // The effect marked its claim applied in its own transaction: the retry
+    // is told it took effect (no Retry-After: retrying will not help).
     let retry = keyed(&app, &bearer, "k", "/api/payments", &body)
         .send()
         .await
         .unwrap();
-    assert_eq!(retry.headers().get("retry-after").unwrap(), "1");
-    problem(retry, 409, "conflict").await;
+    assert!(retry.headers().get("retry-after").is_none());
+    let answer = problem(retry, 409, "conflict").await;
+    assert!(
+        answer["detail"].as_str().unwrap().contains("took effect"),
+        "{answer}"
+    );
     assert_eq!(
         app.count("SELECT count(*) FROM payments").await,
         1,
         "the effect is not repeated"
     );
 
-    // Once it is older than any request could run, DBAs see it as stuck and
-    // the client is told the outcome is unknown.
+    // DBAs see it among the stuck claims, as applied, and cannot release it.
+    let sub = "ops@example.com";
     dba.batch_execute("UPDATE idempotency_keys SET created_at = now() - interval '10 minutes'")
         .await
         .unwrap();
     let stuck = dba
-        .query("SELECT route, path, key FROM idempotency_stuck_claims", &[])
+        .query(
+            "SELECT route, applied_at IS NOT NULL FROM idempotency_stuck_claims",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(stuck.len(), 1);
     assert_eq!(stuck[0].get::<_, String>(0), "/api/payments");
-    let retry = keyed(&app, &bearer, "k", "/api/payments", &body)
+    assert!(stuck[0].get::<_, bool>(1), "listed as applied");
+    let release = "SELECT release_idempotency_claim($1, 'POST', '/api/payments', $2)";
+    let released: bool = dba.query_one(release, &[&sub, &"k"]).await.unwrap().get(0);
+    assert!(!released, "an applied claim is never released");
+
+    // A claim that never got as far as its effect (a node killed before
+    // the commit; here written by hand) is unknown to the client once old,
+    // and an operator who has checked releases it; the key runs again.
+    dba.execute(
+        "INSERT INTO idempotency_keys (caller, method, route, path, key, request_hash, state, created_at)
+         SELECT caller, method, route, path, 'k2', request_hash, 'in_progress', now() - interval '10 minutes'
+           FROM idempotency_keys WHERE key = 'k'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let retry = keyed(&app, &bearer, "k2", "/api/payments", &body)
         .send()
         .await
         .unwrap();
@@ -147,24 +172,15 @@ async fn a_retry_after_the_response_failed_to_be_stored_never_repeats_the_effect
             .contains("never recorded"),
         "{detail}"
     );
-
-    // An operator who has checked the effect releases the claim; the key runs again.
-    let sub = "ops@example.com";
-    let released: bool = dba
-        .query_one(
-            "SELECT release_idempotency_claim($1, 'POST', '/api/payments', 'k')",
-            &[&sub],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let released: bool = dba.query_one(release, &[&sub, &"k2"]).await.unwrap().get(0);
     assert!(released);
-    let again = keyed(&app, &bearer, "k", "/api/payments", &body)
+    let again = keyed(&app, &bearer, "k2", "/api/payments", &body)
         .send()
         .await
         .unwrap();
     assert!(again.headers().get("idempotent-replayed").is_none());
     json(again, 201).await;
+    assert_eq!(app.count("SELECT count(*) FROM payments").await, 2);
 }
 
 /// A handler that fails (5xx) wrote nothing: its claim is released and the
@@ -314,4 +330,165 @@ fn admin_tokens_from_the_cli_get_subjects_of_their_own() {
         ..config
     };
     assert_eq!(sub(mint_token(&named, now).unwrap()), "ops@example.com");
+}
+
+/// A TCP proxy in front of PostgreSQL that, once armed, swallows the next
+/// COMMIT's acknowledgement and closes the connection: the transaction has
+/// committed, and the client sees only its connection drop. (Connections
+/// through it must use sslmode=disable, so the stream is readable.)
+struct CommitAckDropper {
+    port: u16,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CommitAckDropper {
+    async fn start(upstream: String) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let flag = flag.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let to_server = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                    });
+                    // Server to client message by message: a type byte, a
+                    // length that counts itself, the body.
+                    loop {
+                        let mut header = [0u8; 5];
+                        if server_read.read_exact(&mut header).await.is_err() {
+                            break;
+                        }
+                        let length = u32::from_be_bytes(header[1..].try_into().unwrap()) as usize;
+                        let mut body = vec![0u8; length.saturating_sub(4)];
+                        if server_read.read_exact(&mut body).await.is_err() {
+                            break;
+                        }
+                        if header[0] == b'C' && body == b"COMMIT\0" && flag.swap(false, SeqCst) {
+                            break;
+                        }
+                        if client_write.write_all(&header).await.is_err()
+                            || client_write.write_all(&body).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    to_server.abort();
+                });
+            }
+        });
+        Self { port, armed }
+    }
+
+    fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn fired(&self) -> bool {
+        !self.armed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// `url` with its host and port replaced by the proxy's, TLS off.
+fn through(url: &str, port: u16) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (authority, path) = rest.split_once('/').unwrap();
+    let (user, host) = authority.rsplit_once('@').unwrap();
+    let separator = if path.contains('?') { '&' } else { '?' };
+    (
+        format!("{scheme}://{user}@127.0.0.1:{port}/{path}{separator}sslmode=disable"),
+        host.to_owned(),
+    )
+}
+
+/// Before the fix a 5xx always released the claim, on the belief that the
+/// handler's transaction had rolled back. When the COMMIT landed but its
+/// acknowledgement was lost, the retry ran again: a second payment, a
+/// second refund.
+#[tokio::test]
+async fn a_lost_commit_acknowledgement_does_not_let_a_retry_repeat_the_effect() {
+    let db = TestDatabase::new().await;
+    let (_, upstream) = through(&db.service_url, 0);
+    let proxy = CommitAckDropper::start(upstream).await;
+    let (url, _) = through(&db.service_url, proxy.port);
+    let node = crate::helpers::spawn_node(&url, |_| {}).await;
+    let app = TestApp {
+        address: node.address,
+        base: node.base.clone(),
+        http: reqwest::Client::new(),
+        node,
+        db,
+    };
+    let bearer = format!("Bearer {}", admin_token());
+    let partner = crate::helpers::create_partner(&app.db.pool, "Acme", None).await;
+
+    // A payment recorded under a key.
+    let body = json!({"amount": "100.00", "currency": "NGN", "partner_id": partner});
+    proxy.arm();
+    let first = keyed(&app, &bearer, "lost-ack-1", "/api/payments", &body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        proxy.fired(),
+        "the proxy swallowed a COMMIT acknowledgement"
+    );
+    assert!(first.status().is_server_error(), "{}", first.status());
+    assert_eq!(
+        app.count("SELECT count(*) FROM payments").await,
+        1,
+        "it committed"
+    );
+    let retry = keyed(&app, &bearer, "lost-ack-1", "/api/payments", &body)
+        .send()
+        .await
+        .unwrap();
+    let answer = problem(retry, 409, "conflict").await;
+    assert!(
+        answer["detail"].as_str().unwrap().contains("took effect"),
+        "{answer}"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM payments").await,
+        1,
+        "not twice"
+    );
+
+    // A partial refund under a key: the money case.
+    let payment = app.count("SELECT max(id) FROM payments").await;
+    app.verify(payment).await;
+    let refund = json!({"amount": "10.00"});
+    let path = format!("/api/payments/{payment}/refund");
+    proxy.arm();
+    let first = keyed(&app, &bearer, "lost-ack-2", &path, &refund)
+        .send()
+        .await
+        .unwrap();
+    assert!(proxy.fired());
+    assert!(first.status().is_server_error(), "{}", first.status());
+    let retry = keyed(&app, &bearer, "lost-ack-2", &path, &refund)
+        .send()
+        .await
+        .unwrap();
+    problem(retry, 409, "conflict").await;
+    assert_eq!(
+        app.count(&format!(
+            "SELECT (refunded_amount * 100)::bigint FROM payments WHERE id = {payment}"
+        ))
+        .await,
+        1000,
+        "refunded 10.00 once, not 20.00"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM commission_audit").await, 0);
 }

@@ -444,7 +444,7 @@ async fn a_node_refuses_a_jwks_url_that_is_not_http_and_treats_empty_settings_as
     use commissions::startup::Application;
 
     let db = TestDatabase::new().await;
-    let mut config = crate::helpers::serve_config(&db.url);
+    let mut config = crate::helpers::serve_config(&db.service_url);
     config.identity_provider.jwks_url = Some("file:///etc/jwks.json".into());
     let error = Application::build(config)
         .await
@@ -453,7 +453,7 @@ async fn a_node_refuses_a_jwks_url_that_is_not_http_and_treats_empty_settings_as
         .to_string();
     assert!(error.contains("JWKS_URL"), "{error}");
 
-    let mut config = crate::helpers::serve_config(&db.url);
+    let mut config = crate::helpers::serve_config(&db.service_url);
     config.identity_provider.jwks_url = Some(" ".into());
     config.identity_provider.jwt_issuer = Some(String::new());
     assert!(Application::build(config).await.is_ok());

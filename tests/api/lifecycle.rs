@@ -292,7 +292,7 @@ async fn two_nodes_timers_approve_each_commission_once() {
     let db = crate::helpers::TestDatabase::new().await;
     let fast = |c: &mut commissions::config::ServeConfig| c.approval_interval_secs = 1;
     let app = spawn_app_with(db, fast).await;
-    let _second = spawn_node(&app.db.url, fast).await;
+    let _second = spawn_node(&app.db.service_url, fast).await;
     let p = program_on(app, json!(30)).await;
     for _ in 0..20 {
         p.paid("100.00").await;

@@ -343,11 +343,12 @@ async fn a_request_behind_a_locked_row_gets_a_503_to_retry_instead_of_queueing()
     })
     .await;
     // The API pool's sessions carry the limits (the same call the node makes).
-    let mut config = crate::helpers::serve_config(&app.db.url);
+    let mut config = crate::helpers::serve_config(&app.db.service_url);
     config.database.db_lock_timeout_ms = 300;
-    let pool = commissions::db::connect_pool(&app.db.url, 1, config.database.session_limits())
-        .await
-        .unwrap();
+    let pool =
+        commissions::db::connect_pool(&app.db.service_url, 1, config.database.session_limits())
+            .await
+            .unwrap();
     let limits: (String, String, String) = sqlx::query_as(
         "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'), current_setting('idle_in_transaction_session_timeout')",
     )

@@ -19,6 +19,7 @@ mod payments;
 mod poison;
 mod realtime;
 mod refunds_and_disputes;
+mod roles;
 mod service;
 mod streams;
 mod tls;

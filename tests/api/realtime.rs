@@ -204,7 +204,7 @@ async fn commit_commissions(db: &sqlx::PgPool, partner_id: i64, n: usize) {
 #[tokio::test]
 async fn events_reach_every_socket_of_their_partner_on_every_node_and_no_other_partner() {
     let app = spawn_app().await;
-    let other_node = spawn_node(&app.db.url, per_partner).await;
+    let other_node = spawn_node(&app.db.service_url, per_partner).await;
     let acme = create_partner(&app.db.pool, "Acme", None).await;
     let globex = create_partner(&app.db.pool, "Globex", None).await;
 
@@ -355,7 +355,7 @@ async fn replay_racing_with_commits_has_no_gap_and_no_duplicate() {
 #[tokio::test]
 async fn killing_the_listen_connection_during_a_thousand_commits_loses_and_repeats_nothing() {
     let app = spawn_app().await;
-    let other_node = spawn_node(&app.db.url, per_partner).await;
+    let other_node = spawn_node(&app.db.service_url, per_partner).await;
     let acme = create_partner(&app.db.pool, "Acme", None).await;
     let token = partner_token(acme);
     let (on_a, _) = open(app.address, &format!("token={token}")).await;
@@ -811,7 +811,7 @@ async fn an_admin_resumes_by_position_and_a_rolled_back_verification_leaves_no_g
 #[tokio::test]
 async fn a_payment_verified_through_node_b_reaches_a_socket_on_node_a() {
     let app = spawn_app().await;
-    let node_b = spawn_node(&app.db.url, |_| {}).await;
+    let node_b = spawn_node(&app.db.service_url, |_| {}).await;
     let acme = create_partner(&app.db.pool, "Acme", None).await;
     let payment = create_payment(&app.db.pool, "250.00", "NGN", Some(acme)).await;
     let (mut on_a, _) = open(app.address, &format!("token={}", partner_token(acme))).await;
@@ -834,7 +834,7 @@ async fn a_payment_verified_through_node_b_reaches_a_socket_on_node_a() {
 #[tokio::test]
 async fn a_forged_notify_reaches_no_socket_and_moves_no_cursor() {
     let app = spawn_app().await;
-    let node_b = spawn_node(&app.db.url, per_partner).await;
+    let node_b = spawn_node(&app.db.service_url, per_partner).await;
     let acme = create_partner(&app.db.pool, "Acme", None).await;
     let mut sockets = Vec::new();
     for address in [app.address, node_b.address] {

@@ -118,7 +118,7 @@ async fn a_node_refuses_to_start_on_an_empty_short_or_placeholder_jwt_secret() {
             "placeholder",
         ),
     ] {
-        let mut config = crate::helpers::serve_config(&db.url);
+        let mut config = crate::helpers::serve_config(&db.service_url);
         config.jwt_secret = Secret::new(secret);
         let error = Application::build(config)
             .await
@@ -132,7 +132,7 @@ async fn a_node_refuses_to_start_on_an_empty_short_or_placeholder_jwt_secret() {
         );
     }
     // 32 random-looking bytes are accepted.
-    let mut config = crate::helpers::serve_config(&db.url);
+    let mut config = crate::helpers::serve_config(&db.service_url);
     config.jwt_secret = Secret::new("0123456789abcdef0123456789abcdef");
     assert!(Application::build(config).await.is_ok());
 }
@@ -142,7 +142,7 @@ async fn metrics_can_live_on_an_address_of_their_own() {
     use commissions::startup::Application;
 
     let db = crate::helpers::TestDatabase::new().await;
-    let mut config = crate::helpers::serve_config(&db.url);
+    let mut config = crate::helpers::serve_config(&db.service_url);
     config.metrics_bind_addr = Some("127.0.0.1:0".parse().unwrap());
     let app = Application::build(config).await.unwrap();
     let public = format!("http://{}", app.local_addr());

@@ -487,7 +487,7 @@ async fn an_unconfigured_webhook_is_503_and_a_huge_body_413() {
 async fn redeliveries_spread_over_two_nodes_count_once() {
     let app = spawn_app().await;
     // A second node on the same database, as behind a load balancer.
-    let second = commissions::startup::Application::build(serve_config(&app.db.url))
+    let second = commissions::startup::Application::build(serve_config(&app.db.service_url))
         .await
         .unwrap();
     let second_base = format!("http://{}", second.local_addr());

@@ -38,7 +38,7 @@ use super::{
 };
 use crate::{
     config::{Secret, ServeConfig},
-    startup::AppState,
+    state::AppState,
 };
 
 /// One payment provider's side of the webhook contract.

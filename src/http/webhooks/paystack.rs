@@ -30,7 +30,7 @@ use crate::{
         error::{Error, Result},
         extractor::{Json, RawBody},
     },
-    startup::AppState,
+    state::AppState,
 };
 
 pub struct Paystack;

@@ -28,7 +28,7 @@ use crate::{
         error::{Error, Result},
         extractor::{Json, RawBody},
     },
-    startup::AppState,
+    state::AppState,
 };
 
 /// How far the signed timestamp may be from now, either way.
