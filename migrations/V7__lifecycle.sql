@@ -19,15 +19,9 @@ ALTER TYPE commission_kind ADD VALUE IF NOT EXISTS 'approved';
 COMMENT ON TYPE commission_kind IS
     'A ledger entry: earned (payment verified), reversed (refund or lost dispute, in part or in full), reinstated (a dispute reversal undone), held / released (an open dispute makes part of a commission unpayable, and its end frees it), approved (the hold period is over: what is left of the commission becomes payable).';
 
--- The program's settings: one row.
-CREATE TABLE commission_program (
-    singleton         boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    default_hold_days integer NOT NULL DEFAULT 30
-                      CONSTRAINT commission_program_hold_days_range CHECK (default_hold_days BETWEEN 0 AND 3650)
-);
-INSERT INTO commission_program DEFAULT VALUES;
-COMMENT ON TABLE commission_program IS 'The commission program''s settings (one row). An operator may UPDATE it.';
-COMMENT ON COLUMN commission_program.singleton IS 'Always true: the table has one row.';
+-- The program's settings (one row, made by V6__recurring.sql).
+ALTER TABLE commission_program ADD COLUMN default_hold_days integer NOT NULL DEFAULT 30
+    CONSTRAINT commission_program_hold_days_range CHECK (default_hold_days BETWEEN 0 AND 3650);
 COMMENT ON COLUMN commission_program.default_hold_days IS 'Days a commission stays pending before it is approved, for partners without their own hold_days (default 30; 0 approves at verification).';
 
 ALTER TABLE partners ADD COLUMN hold_days integer

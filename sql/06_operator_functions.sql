@@ -97,11 +97,27 @@ BEGIN
     ELSE
         INSERT INTO partners (name, commission_rate) VALUES (p_name, p_commission_rate) RETURNING id INTO v_id;
     END IF;
+    UPDATE partners SET recurring_months = (SELECT default_recurring_months FROM commission_program)
+     WHERE id = v_id;
     RETURN v_id;
 END
 $$;
 COMMENT ON FUNCTION create_partner(text, numeric) IS
-    'Adds a partner; without a rate it earns the program default (the column default of partners.commission_rate). Returns its id.';
+    'Adds a partner; without a rate it earns the program default (the column default of partners.commission_rate), and its recurring_months is the program''s default_recurring_months. Returns its id.';
+
+CREATE OR REPLACE FUNCTION set_partner_recurring_months(p_partner_id bigint, p_months integer)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    UPDATE partners SET recurring_months = p_months WHERE id = p_partner_id RETURNING id INTO v_id;
+    RETURN v_id;
+END
+$$;
+COMMENT ON FUNCTION set_partner_recurring_months(bigint, integer) IS
+    'How long an attributed customer''s later payments earn for the partner: months from the first attributed payment, NULL for lifetime, 0 for the first payment only. Applies to payments recorded afterwards. Returns the id, or NULL if there is no such partner.';
 
 CREATE OR REPLACE FUNCTION update_partner(p_partner_id bigint, p_name text DEFAULT NULL, p_commission_rate numeric DEFAULT NULL)
 RETURNS bigint

@@ -75,6 +75,68 @@ COMMENT ON FUNCTION record_rejected_webhook_event(text, text, text, jsonb, text)
 -- new event by apply_webhook_event and for a parked one by the two functions
 -- below; the caller holds the reference's advisory lock (or the payment's
 -- row) and the event's row.
+-- Recurring commissions. The rule, for a payment of a provider's customer:
+--   * metadata names a partner: that partner earns; if the customer has no
+--     partner yet, this is its first attributed payment and attributes it;
+--   * else, an attributed customer's payment earns for its partner while it
+--     is within the partner's recurring_months of the first attributed
+--     payment (NULL: always; 0: never after the first). A customer attributed
+--     by an event without a payment (p_reference NULL) makes its next
+--     payment the first;
+--   * else nobody earns.
+-- Each payment stays its own commission: refunding one invoice reverses that
+-- invoice's commission only.
+CREATE OR REPLACE FUNCTION attribute_payment(
+    p_provider    text,
+    p_customer_id text,
+    p_partner_id  bigint,
+    p_paid_at     timestamptz,
+    p_reference   text)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_customer customers;
+    v_months   integer;
+BEGIN
+    IF p_customer_id IS NULL THEN
+        RETURN p_partner_id;
+    END IF;
+    -- Locked last (after the payment's reference and row), so two payments
+    -- of one customer take turns over its first payment.
+    SELECT * INTO v_customer FROM customers c
+     WHERE c.provider = p_provider AND c.customer_id = p_customer_id
+       FOR UPDATE;
+    IF p_partner_id IS NOT NULL THEN
+        IF v_customer.partner_id IS NOT NULL AND v_customer.first_payment_reference IS NULL
+           AND p_reference IS NOT NULL THEN
+            UPDATE customers c SET first_payment_reference = p_reference
+             WHERE c.provider = p_provider AND c.customer_id = p_customer_id;
+        ELSIF v_customer.partner_id IS NULL THEN
+            INSERT INTO customers (provider, customer_id, partner_id, first_paid_at, first_payment_reference)
+            VALUES (p_provider, p_customer_id, p_partner_id, p_paid_at, p_reference)
+            ON CONFLICT (provider, customer_id) DO NOTHING;
+        END IF;
+        RETURN p_partner_id;
+    END IF;
+    IF v_customer.partner_id IS NULL OR p_reference IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF v_customer.first_payment_reference IS NULL THEN
+        UPDATE customers c SET first_payment_reference = p_reference
+         WHERE c.provider = p_provider AND c.customer_id = p_customer_id;
+        RETURN v_customer.partner_id;
+    END IF;
+    SELECT p.recurring_months INTO v_months FROM partners p WHERE p.id = v_customer.partner_id;
+    IF v_months IS NULL OR p_paid_at < v_customer.first_paid_at + make_interval(months => v_months) THEN
+        RETURN v_customer.partner_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION attribute_payment(text, text, bigint, timestamptz, text) IS
+    'The partner a provider''s payment earns for: the one its metadata names (attributing the customer if it was not yet), else the customer''s partner while within that partner''s recurring_months of the first attributed payment, else NULL. Called by the engine when it records a provider''s payment.';
+
 CREATE OR REPLACE FUNCTION apply_stored_event(p_provider text, p_event_id text)
 RETURNS webhook_events
 LANGUAGE plpgsql
@@ -88,6 +150,7 @@ DECLARE
     v_amount      numeric;
     v_payment     payments;
     v_changed     boolean;
+    v_partner_id  bigint;
 BEGIN
     SELECT * INTO e FROM webhook_events w WHERE w.provider = p_provider AND w.event_id = p_event_id;
     IF e.reference IS NOT NULL THEN
@@ -118,8 +181,11 @@ BEGIN
         ELSE
             -- Recorded pending, then verified: a provider's payment passes
             -- through the same state machine as a manual one.
-            INSERT INTO payments (amount, currency, partner_id, provider, provider_reference)
-            VALUES (money_from_minor_units(e.amount_minor, v_minor_units), upper(e.currency), e.partner_id, e.provider, e.reference)
+            v_partner_id := attribute_payment(e.provider, e.customer_id, e.partner_id,
+                                              coalesce(e.occurred_at, e.received_at), e.reference);
+            INSERT INTO payments (amount, currency, partner_id, provider, provider_reference, customer_id)
+            VALUES (money_from_minor_units(e.amount_minor, v_minor_units), upper(e.currency), v_partner_id,
+                    e.provider, e.reference, e.customer_id)
             RETURNING id INTO v_payment_id;
             v_outcome := 'verified';
         END IF;
@@ -164,6 +230,19 @@ BEGIN
                 END IF;
             END IF;
         END IF;
+    ELSIF e.action = 'attribute' THEN
+        -- A subscription invoice that names no payment of its own (Stripe's
+        -- API from 2025-03-31 on): its payment comes as a payment intent,
+        -- and this only says which partner brought the customer.
+        IF e.customer_id IS NULL OR e.partner_id IS NULL THEN
+            v_outcome := 'ignored';
+        ELSIF NOT EXISTS (SELECT 1 FROM partners WHERE id = e.partner_id) THEN
+            v_outcome := 'parked'; v_parked := 'unknown_partner';
+        ELSE
+            PERFORM attribute_payment(e.provider, e.customer_id, e.partner_id,
+                                      coalesce(e.occurred_at, e.received_at), NULL);
+            v_outcome := 'attributed';
+        END IF;
     ELSE
         -- The service already knows the outcome (an unsupported event type,
         -- a partner id that is not a number): record it.
@@ -189,6 +268,10 @@ COMMENT ON FUNCTION apply_stored_event(text, text) IS
     'Engine internals: applies one event of webhook_events as its action says (see the head of sql/07_webhooks.sql) and records the outcome, or parks it with its reason.';
 
 DROP FUNCTION IF EXISTS apply_webhook_event(text, text, text, jsonb, text, text, bigint, text, bigint);
+-- The customer became the 13th argument; the 12-argument version would make
+-- calls ambiguous.
+DROP FUNCTION IF EXISTS apply_webhook_event(text, text, text, jsonb, text, text, bigint, text, bigint, text, text, timestamptz);
+
 CREATE OR REPLACE FUNCTION apply_webhook_event(
     p_provider      text,
     p_event_id      text,
@@ -201,7 +284,8 @@ CREATE OR REPLACE FUNCTION apply_webhook_event(
     p_partner_id    bigint,
     p_object_id     text,
     p_object_state  text,
-    p_occurred_at   timestamptz)
+    p_occurred_at   timestamptz,
+    p_customer_id   text DEFAULT NULL)
 RETURNS TABLE (outcome text, payment_id bigint, parked_reason text)
 LANGUAGE plpgsql
 AS $$
@@ -211,9 +295,9 @@ BEGIN
     -- A redelivery racing the first delivery waits on this primary key until
     -- that commits, then finds the row and changes nothing.
     INSERT INTO webhook_events (provider, event_id, event_type, outcome, payload, action, reference,
-                                amount_minor, currency, partner_id, object_id, object_state, occurred_at)
+                                amount_minor, currency, partner_id, object_id, object_state, occurred_at, customer_id)
     VALUES (p_provider, p_event_id, p_event_type, 'processing', p_payload, p_action, p_reference,
-            p_amount_minor, p_currency, p_partner_id, p_object_id, p_object_state, p_occurred_at)
+            p_amount_minor, p_currency, p_partner_id, p_object_id, p_object_state, p_occurred_at, p_customer_id)
     ON CONFLICT (provider, event_id) DO NOTHING;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'duplicate'::text, NULL::bigint, NULL::text;
@@ -226,7 +310,7 @@ BEGIN
     RETURN QUERY SELECT e.outcome, e.payment_id, e.parked_reason;
 END
 $$;
-COMMENT ON FUNCTION apply_webhook_event(text, text, text, jsonb, text, text, bigint, text, bigint, text, text, timestamptz) IS
+COMMENT ON FUNCTION apply_webhook_event(text, text, text, jsonb, text, text, bigint, text, bigint, text, text, timestamptz, text) IS
     'Applies one signature-checked provider event: records it in webhook_events (a redelivery returns duplicate and changes nothing), then applies it or parks it. Returns the outcome, the payment and why it is parked. Called by the service once per webhook.';
 
 CREATE OR REPLACE FUNCTION apply_parked_events(p_provider text, p_reference text)

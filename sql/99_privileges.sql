@@ -29,7 +29,7 @@ DECLARE
     -- What the service (and an operator) calls.
     v_service   text[] := ARRAY[
         'lock_payment', 'change_payment_status', 'verify_payment', 'refund_payment', 'fail_payment',
-        'record_payment', 'create_partner', 'update_partner', 'mark_notification_read',
+        'record_payment', 'create_partner', 'update_partner', 'set_partner_recurring_months', 'mark_notification_read',
         'apply_webhook_event', 'record_rejected_webhook_event', 'reapply_parked_events',
         -- The lifecycle (08_lifecycle.sql): the approval timer, payouts, hold periods.
         'approve_due_commissions', 'create_payouts', 'change_payout_state', 'mark_payout_sent',

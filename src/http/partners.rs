@@ -57,6 +57,10 @@ pub struct Partner {
     pub hold_days: Option<i32>,
     /// The hold period that applies: `hold_days`, or the program's default (30).
     pub effective_hold_days: i32,
+    /// How long a customer it brought keeps earning it commissions on later
+    /// payments (a subscription's invoices), in months from the customer's
+    /// first payment: null for the customer's lifetime, 0 for the first payment only.
+    pub recurring_months: Option<i32>,
     /// Per currency: `{"NGN": {"earned": "2.00", ...}}`.
     pub totals: BTreeMap<String, Totals>,
     pub created_at: DateTime<Utc>,
@@ -71,10 +75,16 @@ pub struct NewPartner {
     #[schema(value_type = Option<String>, example = "0.025")]
     pub commission_rate: Option<Rate>,
     /// Days a commission stays pending before it is approved, 0 to 3650
-    /// (0: approved when its payment is verified). Omitted or null: the
+    /// (0: approved when its payment is verified). Absent or null: the
     /// program's default (30).
-    #[schema(example = 14)]
-    pub hold_days: Option<i32>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>, example = 14)]
+    pub hold_days: Option<Option<i32>>,
+    /// Months a customer it brings keeps earning (null: lifetime, 0: first
+    /// payment only). Absent: the program's default_recurring_months.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>, example = 12)]
+    pub recurring_months: Option<Option<i32>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -85,16 +95,51 @@ pub struct PartnerChange {
     #[schema(value_type = Option<String>, example = "0.03")]
     pub commission_rate: Option<Rate>,
     /// The hold period in days, 0 to 3650; null returns the partner to the
-    /// program's default. Applies to its pending commissions too.
+    /// program's default; absent: unchanged. Applies to its pending commissions too.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i32>, example = 7)]
     pub hold_days: Option<Option<i32>>,
+    /// null: lifetime; 0: first payment only; absent: unchanged. Applies to
+    /// payments recorded from now on.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>, example = 12)]
+    pub recurring_months: Option<Option<i32>>,
 }
 
-/// A field that is present, even as null, is `Some`: so that `null` (back to
-/// the default) differs from leaving the field out (unchanged).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i32>>, D::Error> {
-    Option::<i32>::deserialize(d).map(Some)
+/// Tells a field sent as null (`Some(None)`) from one not sent (`None`).
+fn present<'de, D, T>(deserializer: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+fn check_recurring_months(months: Option<Option<i32>>) -> Result<()> {
+    match months {
+        Some(Some(m)) if !(0..=1200).contains(&m) => Err(Error::Unprocessable(
+            "recurring_months must be from 0 to 1200, or null for the customer's lifetime".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Sets recurring_months when the request says so (null included).
+async fn set_recurring_months(
+    db: impl sqlx::PgExecutor<'_>,
+    id: i64,
+    months: Option<Option<i32>>,
+) -> Result<()> {
+    if let Some(months) = months {
+        sqlx::query_scalar!(
+            "SELECT set_partner_recurring_months($1, $2) AS id",
+            id,
+            months
+        )
+        .fetch_one(db)
+        .await?;
+    }
+    Ok(())
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -126,7 +171,8 @@ fn rate_violation(error: sqlx::Error) -> Error {
 async fn fetch_partner(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<Partner> {
     let row = sqlx::query!(
         r#"SELECT p.id, p.name, trim_scale(p.commission_rate)::text AS "commission_rate!", partner_last_seq(p.id) AS "last_seq!", p.created_at,
-                  p.hold_days, partner_hold_days(p.id) AS "effective_hold_days!", partner_totals(p.id) AS "totals!"
+                  p.hold_days, partner_hold_days(p.id) AS "effective_hold_days!", p.recurring_months,
+                  partner_totals(p.id) AS "totals!"
              FROM partners p WHERE p.id = $1"#,
         id
     )
@@ -140,6 +186,7 @@ async fn fetch_partner(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<Partner
         last_seq: row.last_seq,
         hold_days: row.hold_days,
         effective_hold_days: row.effective_hold_days,
+        recurring_months: row.recurring_months,
         totals: serde_json::from_value(row.totals).map_err(|e| Error::Internal(e.into()))?,
         created_at: row.created_at,
     })
@@ -160,6 +207,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Partner>)> {
     caller.require_admin()?;
     check_name(&new.name)?;
+    check_recurring_months(new.recurring_months)?;
     // The partner and the response in one transaction: a failure answers 5xx
     // with nothing written, so an Idempotency-Key retry is safe.
     let mut tx = state.db.begin().await?;
@@ -171,9 +219,8 @@ pub async fn create(
     .fetch_one(&mut *tx)
     .await
     .map_err(rate_violation)?;
-    if new.hold_days.is_some() {
-        set_hold_days(&mut tx, id, new.hold_days).await?;
-    }
+    set_hold_days(&mut *tx, id, new.hold_days).await?;
+    set_recurring_months(&mut *tx, id, new.recurring_months).await?;
     let partner = fetch_partner(&mut *tx, id).await?;
     idempotency::mark_applied(&mut tx, claim.as_deref()).await?;
     tx.commit().await?;
@@ -212,7 +259,8 @@ pub async fn update(
     if let Some(name) = &change.name {
         check_name(name)?;
     }
-    // The name, rate and hold period change together or not at all.
+    check_recurring_months(change.recurring_months)?;
+    // The name, rate, hold period and recurring months change together or not at all.
     let mut tx = state.db.begin().await?;
     let updated = sqlx::query_scalar!(
         "SELECT update_partner($1, $2, $3) AS id",
@@ -226,24 +274,25 @@ pub async fn update(
     if updated.is_none() {
         return Err(Error::NotFound(format!("partner {id} does not exist")));
     }
-    if let Some(hold_days) = change.hold_days {
-        set_hold_days(&mut tx, id, hold_days).await?;
-    }
+    set_hold_days(&mut *tx, id, change.hold_days).await?;
+    set_recurring_months(&mut *tx, id, change.recurring_months).await?;
     let partner = fetch_partner(&mut *tx, id).await?;
     tx.commit().await?;
     Ok(Json(partner))
 }
 
-/// The engine's `set_partner_hold_days` (NULL: the program's default).
-async fn set_hold_days(tx: &mut sqlx::PgConnection, id: i64, hold_days: Option<i32>) -> Result<()> {
-    sqlx::query_scalar!(
-        r#"SELECT set_partner_hold_days($1, $2) AS "id""#,
-        id,
-        hold_days
-    )
-    .fetch_one(tx)
-    .await
-    .map_err(rate_violation)?;
+/// Sets hold_days when the request says so (null: the program's default).
+async fn set_hold_days(
+    db: impl sqlx::PgExecutor<'_>,
+    id: i64,
+    hold_days: Option<Option<i32>>,
+) -> Result<()> {
+    if let Some(hold_days) = hold_days {
+        sqlx::query_scalar!("SELECT set_partner_hold_days($1, $2) AS id", id, hold_days)
+            .fetch_one(db)
+            .await
+            .map_err(rate_violation)?;
+    }
     Ok(())
 }
 

@@ -18,6 +18,7 @@ mod partners;
 mod payments;
 mod poison;
 mod realtime;
+mod recurring;
 mod refunds_and_disputes;
 mod roles;
 mod service;

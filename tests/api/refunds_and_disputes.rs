@@ -18,7 +18,7 @@ use crate::{
 // Payloads, as the providers send them.
 // ---------------------------------------------------------------------------
 
-fn stripe_event(id: &str, event_type: &str, created: i64, object: Value) -> String {
+pub fn stripe_event(id: &str, event_type: &str, created: i64, object: Value) -> String {
     json!({
         "id": id, "object": "event", "api_version": "2024-06-20", "created": created,
         "livemode": false, "pending_webhooks": 1,
@@ -111,14 +111,14 @@ fn paystack_dispute(
 // The harness every scenario ends with.
 // ---------------------------------------------------------------------------
 
-struct Watched {
-    app: TestApp,
-    partner: i64,
+pub struct Watched {
+    pub app: TestApp,
+    pub partner: i64,
     partner_ws: Ws,
     admin_ws: Ws,
 }
 
-async fn watched(rate: Option<&str>) -> Watched {
+pub async fn watched(rate: Option<&str>) -> Watched {
     let app = spawn_app().await;
     let partner = create_partner(&app.db.pool, "Acme", rate).await;
     let (partner_ws, _) = open(app.address, &format!("token={}", partner_token(partner))).await;
@@ -144,17 +144,17 @@ impl Watched {
         self.stripe(&body).await
     }
 
-    async fn stripe(&self, body: &str) -> Value {
+    pub async fn stripe(&self, body: &str) -> Value {
         json(self.app.stripe(body).await, 200).await
     }
 
-    async fn paystack(&self, body: &str) -> Value {
+    pub async fn paystack(&self, body: &str) -> Value {
         json(self.app.paystack(body).await, 200).await
     }
 
     /// The partner's ledger for one payment: (kind, amount) in order.
     /// The ledger of the payment with this provider reference.
-    async fn ledger(&self, reference: &str) -> Vec<(String, String)> {
+    pub async fn ledger(&self, reference: &str) -> Vec<(String, String)> {
         let payment: i64 =
             sqlx::query_scalar("SELECT id FROM payments WHERE provider_reference = $1")
                 .bind(reference)
@@ -177,7 +177,7 @@ impl Watched {
 
     /// Every event the log holds went to both sockets once and in order, and
     /// nothing else did. Returns the partner's events (without the sentinel).
-    async fn check_streams(mut self) -> Vec<Value> {
+    pub async fn check_streams(mut self) -> Vec<Value> {
         check_streams(
             &self.app,
             self.partner,
@@ -188,13 +188,13 @@ impl Watched {
     }
 }
 
-fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
         .map(|(k, a)| (k.to_string(), a.to_string()))
         .collect()
 }
 
-fn types(events: &[Value]) -> Vec<&str> {
+pub fn types(events: &[Value]) -> Vec<&str> {
     events.iter().map(|e| e["type"].as_str().unwrap()).collect()
 }
 

@@ -80,6 +80,17 @@ pub enum Action {
         amount_minor: i64,
         currency: String,
         partner_id: Option<PartnerRef>,
+        /// The provider's customer: its later payments earn for the partner
+        /// that brought it (recurring commissions, sql/07 attribute_payment).
+        customer: Option<String>,
+    },
+    /// Which partner brought this customer, from an event that carries no
+    /// payment of its own (a Stripe invoice without its payment intent).
+    Attribute {
+        customer: String,
+        partner_id: Option<PartnerRef>,
+        /// The event's object (the invoice), for the DBA.
+        object_id: Option<String>,
     },
     /// A refund of the payment with this reference.
     Refunded { reference: String, refund: Refund },
@@ -174,6 +185,8 @@ pub enum Outcome {
     InvalidPartner,
     IllegalTransition,
     Ignored,
+    /// The customer is now attributed to the partner the event named.
+    Attributed,
     /// Authenticated but unreadable (no id, a NUL character, not JSON): recorded
     /// with `rejected_reason`, answered 200 so the provider stops retrying.
     Rejected,
@@ -181,7 +194,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 12] = [
+    const ALL: [Outcome; 13] = [
         Outcome::Verified,
         Outcome::AlreadyVerified,
         Outcome::Refunded,
@@ -192,6 +205,7 @@ impl Outcome {
         Outcome::InvalidPartner,
         Outcome::IllegalTransition,
         Outcome::Ignored,
+        Outcome::Attributed,
         Outcome::Rejected,
         Outcome::Duplicate,
     ];
@@ -208,6 +222,7 @@ impl Outcome {
             Outcome::InvalidPartner => "invalid_partner",
             Outcome::IllegalTransition => "illegal_transition",
             Outcome::Ignored => "ignored",
+            Outcome::Attributed => "attributed",
             Outcome::Rejected => "rejected",
             Outcome::Duplicate => "duplicate",
         }
@@ -360,6 +375,7 @@ struct Step {
     partner_id: Option<i64>,
     object_id: Option<String>,
     object_state: Option<&'static str>,
+    customer_id: Option<String>,
 }
 
 impl From<Action> for Step {
@@ -377,6 +393,7 @@ impl From<Action> for Step {
                 amount_minor,
                 currency,
                 partner_id,
+                customer,
             } => Step {
                 action: "verify",
                 reference: Some(reference),
@@ -386,6 +403,7 @@ impl From<Action> for Step {
                     Some(PartnerRef::Id(id)) => Some(id),
                     _ => None,
                 },
+                customer_id: customer,
                 ..Step::default()
             },
             Action::Refunded {
@@ -419,6 +437,27 @@ impl From<Action> for Step {
                 object_state: Some(stage.as_sql()),
                 ..Step::default()
             },
+            Action::Attribute {
+                partner_id: Some(PartnerRef::Invalid(_)),
+                ..
+            } => Step {
+                action: "invalid_partner",
+                ..Step::default()
+            },
+            Action::Attribute {
+                customer,
+                partner_id,
+                object_id,
+            } => Step {
+                action: "attribute",
+                partner_id: match partner_id {
+                    Some(PartnerRef::Id(id)) => Some(id),
+                    _ => None,
+                },
+                customer_id: Some(customer),
+                object_id,
+                ..Step::default()
+            },
             Action::Other => Step {
                 action: "ignored",
                 ..Step::default()
@@ -445,7 +484,7 @@ async fn apply(
     let step = Step::from(action);
     let applied = sqlx::query!(
         r#"SELECT outcome AS "outcome!", payment_id, parked_reason
-             FROM apply_webhook_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"#,
+             FROM apply_webhook_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"#,
         provider,
         event_id,
         event_type,
@@ -457,7 +496,8 @@ async fn apply(
         step.partner_id,
         step.object_id,
         step.object_state,
-        occurred_at
+        occurred_at,
+        step.customer_id
     )
     .fetch_one(&state.db)
     .await?;
@@ -500,4 +540,13 @@ pub fn minor_units(value: &Value) -> Option<i64> {
 /// A non-empty string field.
 pub fn text(value: &Value) -> Option<&str> {
     value.as_str().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// A provider's customer id, if it is one we can key on (at most 255
+/// characters, no NUL). Anything else attributes nothing: the payment is
+/// still recorded, it just cannot earn through its customer.
+pub fn customer_id(value: &Value) -> Option<String> {
+    text(value)
+        .filter(|id| id.chars().count() <= 255 && !id.contains('\0'))
+        .map(str::to_owned)
 }

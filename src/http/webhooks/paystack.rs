@@ -23,7 +23,10 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256, Sha512};
 
-use super::{minor_units, text, Action, DisputeStage, PartnerRef, Provider, ProviderEvent, Refund};
+use super::{
+    customer_id, minor_units, text, Action, DisputeStage, PartnerRef, Provider, ProviderEvent,
+    Refund,
+};
 use crate::{
     config::{Secret, ServeConfig},
     http::{
@@ -102,6 +105,9 @@ fn read(event_type: &str, data: &Value) -> Result<(Option<String>, Action)> {
                     amount_minor,
                     currency: currency.to_owned(),
                     partner_id: PartnerRef::from_metadata(data["metadata"].get("partner_id")),
+                    // A subscription's charges carry the plan and the same
+                    // customer, usually without metadata.
+                    customer: customer_id(&data["customer"]["customer_code"]),
                 },
                 _ => Action::Other,
             };

@@ -21,7 +21,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{text, Action, DisputeStage, PartnerRef, Provider, ProviderEvent, Refund};
+use super::{customer_id, text, Action, DisputeStage, PartnerRef, Provider, ProviderEvent, Refund};
 use crate::{
     config::{Secret, ServeConfig},
     http::{
@@ -82,6 +82,9 @@ pub async fn receive(
 fn action(event_type: &str, object: &Value) -> Action {
     let intent = text(&object["payment_intent"]).map(str::to_owned);
     match event_type {
+        // An invoice's payment intent (API versions that say so): the
+        // invoice's own event carries it with the subscription's metadata.
+        "payment_intent.succeeded" if text(&object["invoice"]).is_some() => Action::Other,
         "payment_intent.succeeded" => {
             let (Some(reference), Some(amount_minor), Some(currency)) = (
                 text(&object["id"]),
@@ -97,8 +100,10 @@ fn action(event_type: &str, object: &Value) -> Action {
                 amount_minor,
                 currency: currency.to_owned(),
                 partner_id: PartnerRef::from_metadata(object["metadata"].get("partner_id")),
+                customer: customer_id(&object["customer"]),
             }
         }
+        "invoice.paid" => invoice_paid(object),
         "charge.refunded" => {
             let Some(reference) = intent else {
                 return Action::Other;
@@ -145,6 +150,50 @@ fn action(event_type: &str, object: &Value) -> Action {
             }
         }
         _ => Action::Other,
+    }
+}
+
+/// A paid invoice (a subscription's, usually). Its payment is its payment
+/// intent: `payment_intent` before API version 2025-03-31, else in the
+/// (expanded) `payments` list; refunds name the same intent. Where the
+/// invoice names none, the payment intent's own event records the payment,
+/// and the invoice only attributes the customer to the partner its metadata
+/// names, so no payment is counted twice.
+fn invoice_paid(invoice: &Value) -> Action {
+    let partner = [
+        &invoice["metadata"],
+        &invoice["parent"]["subscription_details"]["metadata"],
+        &invoice["subscription_details"]["metadata"],
+    ]
+    .into_iter()
+    .find_map(|metadata| metadata.get("partner_id"));
+    let intent = text(&invoice["payment_intent"]).or_else(|| {
+        invoice["payments"]["data"]
+            .as_array()?
+            .iter()
+            .find_map(|p| text(&p["payment"]["payment_intent"]))
+    });
+    let customer = customer_id(&invoice["customer"]);
+    match (
+        intent,
+        invoice["amount_paid"].as_i64(),
+        text(&invoice["currency"]),
+    ) {
+        (Some(reference), Some(amount_minor), Some(currency)) => Action::Succeeded {
+            reference: reference.to_owned(),
+            amount_minor,
+            currency: currency.to_owned(),
+            partner_id: PartnerRef::from_metadata(partner),
+            customer,
+        },
+        _ => match customer {
+            Some(customer) => Action::Attribute {
+                customer,
+                partner_id: PartnerRef::from_metadata(partner),
+                object_id: text(&invoice["id"]).map(str::to_owned),
+            },
+            None => Action::Other,
+        },
     }
 }
 
@@ -209,5 +258,21 @@ mod tests {
         assert!(check_signature(&header, br#"{"id":"evt_2"}"#, b"whsec_x", 1100).is_err());
         assert!(check_signature(&header, body, b"whsec_x", 1000 + TOLERANCE_SECS + 1).is_err());
         assert!(check_signature(&format!("v1={good}"), body, b"whsec_x", 1000).is_err());
+    }
+
+    #[test]
+    fn a_customer_id_past_255_characters_attributes_nothing_and_the_payment_still_counts() {
+        let intent = |customer: String| {
+            serde_json::json!({"id": "pi_1", "amount_received": 100, "currency": "usd",
+                               "customer": customer, "metadata": {}})
+        };
+        match action("payment_intent.succeeded", &intent("c".repeat(256))) {
+            Action::Succeeded { customer, .. } => assert_eq!(customer, None),
+            other => panic!("{other:?}"),
+        }
+        match action("payment_intent.succeeded", &intent("cus_1".into())) {
+            Action::Succeeded { customer, .. } => assert_eq!(customer.as_deref(), Some("cus_1")),
+            other => panic!("{other:?}"),
+        }
     }
 }
