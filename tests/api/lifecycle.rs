@@ -708,3 +708,36 @@ async fn the_state_machines_hold_for_a_dba_in_psql() {
     assert!(!payable.get::<_, bool>(2));
     p.check_streams().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_payouts_and_the_lifecycle_totals() {
+    let app = spawn_app().await;
+    let doc = json(
+        app.http.get(app.url("/openapi.json")).send().await.unwrap(),
+        200,
+    )
+    .await;
+    for path in [
+        "/api/payouts/run",
+        "/api/payouts",
+        "/api/partners/{id}/payouts",
+        "/api/payouts/{id}/sent",
+        "/api/payouts/{id}/paid",
+        "/api/payouts/{id}/failed",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+    let totals = &doc["components"]["schemas"]["Totals"]["properties"];
+    for field in [
+        "pending",
+        "approved",
+        "balance",
+        "in_payout",
+        "paid",
+        "reversed",
+        "earned",
+    ] {
+        assert!(totals[field].is_object(), "Totals.{field} is documented");
+    }
+    assert!(doc["components"]["schemas"]["Payout"].is_object());
+}
