@@ -111,12 +111,20 @@ BEGIN
             TG_OP, coalesce(NEW.partner_id, OLD.partner_id), coalesce(NEW.currency, OLD.currency)
             USING ERRCODE = 'CM003';
     END IF;
+    IF TG_TABLE_NAME = 'payout_items' THEN
+        RAISE EXCEPTION 'payout_items are written by the engine: create payouts with create_payouts(now()), let go of one''s items with mark_payout_failed(<id>, <reason>)'
+            USING ERRCODE = 'CM003';
+    END IF;
+    IF TG_TABLE_NAME = 'commission_program' THEN
+        RAISE EXCEPTION 'commission_program has exactly one row: UPDATE it (% is not allowed)', TG_OP
+            USING ERRCODE = 'CM003';
+    END IF;
     RAISE EXCEPTION '% is kept by the commission engine (it orders the event log): % by hand is not allowed',
         TG_TABLE_NAME, TG_OP USING ERRCODE = 'CM003';
 END
 $$;
 COMMENT ON FUNCTION guard_engine_columns() IS
-    'Trigger function: only the engine may write partner_balances, partner_streams and event_log_head.';
+    'Trigger function: only the engine may write partner_balances, partner_streams, event_log_head and payout_items; commission_program keeps its one row.';
 
 -- The WHEN clauses keep the engine's own writes (three per event) from
 -- calling the trigger function at all; the function checks again anyway. A

@@ -15,11 +15,15 @@ SELECT p.id                           AS partner_id,
        coalesce(b.paid, 0)            AS paid,
        coalesce(b.reversed, 0)        AS reversed,
        coalesce(b.held, 0)            AS held,
+       coalesce(b.approved, 0)        AS approved,
+       coalesce(b.balance, 0)         AS balance,
+       coalesce(b.in_payout, 0)       AS in_payout,
+       partner_hold_days(p.id)        AS hold_days,
        (SELECT count(*) FROM commissions c
          WHERE c.partner_id = p.id AND c.currency = b.currency AND c.kind = 'earned') AS commissions_earned
   FROM partners p
   LEFT JOIN partner_balances b ON b.partner_id = p.id;
-COMMENT ON VIEW partner_summary IS 'One row per partner and currency: rate, event sequence and totals (a partner with no commission yet has one row with NULL currency).';
+COMMENT ON VIEW partner_summary IS 'One row per partner and currency: rate, hold period, event sequence and totals (a partner with no commission yet has one row with NULL currency).';
 
 CREATE VIEW commission_ledger AS
 SELECT c.id          AS commission_id,
@@ -28,6 +32,7 @@ SELECT c.id          AS commission_id,
        p.name        AS partner_name,
        c.kind,
        c.reason,
+       c.stage,
        c.amount,
        c.currency,
        c.rate,
@@ -72,24 +77,46 @@ COMMENT ON VIEW payment_refunds_and_disputes IS 'Every payment with a refund or 
 
 CREATE VIEW commission_audit AS
 WITH ledger AS (
-    SELECT partner_id, currency,
-           coalesce(sum(amount) FILTER (WHERE kind = 'earned'), 0) AS earned,
-           coalesce(sum(amount) FILTER (WHERE kind = 'reversed'), 0)
-             - coalesce(sum(amount) FILTER (WHERE kind = 'reinstated'), 0) AS reversed,
-           coalesce(sum(amount) FILTER (WHERE kind = 'held'), 0)
-             - coalesce(sum(amount) FILTER (WHERE kind = 'released'), 0) AS held
-      FROM commissions
-     GROUP BY partner_id, currency
+    SELECT c.partner_id, c.currency,
+           coalesce(sum(c.amount) FILTER (WHERE c.kind = 'earned'), 0) AS earned,
+           coalesce(sum(c.amount) FILTER (WHERE c.kind = 'reversed'), 0)
+             - coalesce(sum(c.amount) FILTER (WHERE c.kind = 'reinstated'), 0) AS reversed,
+           coalesce(sum(c.amount) FILTER (WHERE c.kind = 'held'), 0)
+             - coalesce(sum(c.amount) FILTER (WHERE c.kind = 'released'), 0) AS held,
+           coalesce(sum(entry_pending_delta(c.kind, c.stage, c.amount)), 0) AS pending,
+           coalesce(sum(entry_payable_delta(c.kind, c.stage, c.amount)) FILTER (WHERE c.stage = 'approved' AND i.commission_id IS NULL), 0) AS approved,
+           coalesce(sum(entry_payable_delta(c.kind, c.stage, c.amount)) FILTER (WHERE i.commission_id IS NULL), 0) AS balance
+      FROM commissions c
+      LEFT JOIN payout_items i ON i.commission_id = c.id AND i.live
+     GROUP BY c.partner_id, c.currency
+), paid_out AS (
+    SELECT o.partner_id, o.currency,
+           coalesce(sum(o.amount) FILTER (WHERE o.state IN ('pending', 'sent')), 0) AS in_payout,
+           coalesce(sum(o.amount) FILTER (WHERE o.state = 'paid'), 0) AS paid
+      FROM payouts o
+     GROUP BY o.partner_id, o.currency
 ), totals AS (
     SELECT coalesce(b.partner_id, l.partner_id) AS partner_id,
            coalesce(b.currency, l.currency)     AS currency,
-           coalesce(b.earned, 0)   AS balance_earned,   coalesce(l.earned, 0)   AS ledger_earned,
-           coalesce(b.reversed, 0) AS balance_reversed, coalesce(l.reversed, 0) AS ledger_reversed,
-           coalesce(b.held, 0)     AS balance_held,     coalesce(l.held, 0)     AS ledger_held,
-           coalesce(b.pending, 0)  AS balance_pending,
-           coalesce(b.paid, 0)     AS balance_paid
+           jsonb_build_object(
+               'earned',    jsonb_build_array(coalesce(b.earned, 0),    coalesce(l.earned, 0)),
+               'reversed',  jsonb_build_array(coalesce(b.reversed, 0),  coalesce(l.reversed, 0)),
+               'held',      jsonb_build_array(coalesce(b.held, 0),      coalesce(l.held, 0)),
+               'pending',   jsonb_build_array(coalesce(b.pending, 0),   coalesce(l.pending, 0)),
+               'approved',  jsonb_build_array(coalesce(b.approved, 0),  coalesce(l.approved, 0)),
+               'balance',   jsonb_build_array(coalesce(b.balance, 0),   coalesce(l.balance, 0)),
+               'in_payout', jsonb_build_array(coalesce(b.in_payout, 0), coalesce(o.in_payout, 0)),
+               'paid',      jsonb_build_array(coalesce(b.paid, 0),      coalesce(o.paid, 0))) AS pairs
       FROM partner_balances b
       FULL JOIN ledger l ON l.partner_id = b.partner_id AND l.currency = b.currency
+      LEFT JOIN paid_out o ON o.partner_id = coalesce(b.partner_id, l.partner_id) AND o.currency = coalesce(b.currency, l.currency)
+), mismatched AS (
+    SELECT t.partner_id, t.currency,
+           string_agg(format('%s %s (the ledger says %s)', p.key, p.value ->> 0, p.value ->> 1), ', ' ORDER BY p.key) AS what
+      FROM totals t
+     CROSS JOIN LATERAL jsonb_each(t.pairs) p
+     WHERE (p.value ->> 0)::numeric <> (p.value ->> 1)::numeric
+     GROUP BY t.partner_id, t.currency
 ), per_payment AS (
     SELECT pay.id AS payment_id, pay.partner_id, pay.currency,
            e.amount AS earned,
@@ -112,7 +139,7 @@ WITH ledger AS (
            pay.amount, pay.minor_units
       FROM payments pay
       JOIN commissions e ON e.payment_id = pay.id AND e.kind = 'earned'
-      LEFT JOIN commissions c ON c.payment_id = pay.id AND c.kind <> 'earned'
+      LEFT JOIN commissions c ON c.payment_id = pay.id AND c.kind NOT IN ('earned', 'approved')
      GROUP BY pay.id, e.amount, e.partner_id, e.payment_amount, e.rate
 ), checked AS (
     SELECT *,
@@ -121,14 +148,23 @@ WITH ledger AS (
       FROM per_payment
 )
 SELECT partner_id, currency,
-       'balance differs from the sum of its ledger entries' AS problem,
-       NULL::bigint AS payment_id,
-       balance_earned, ledger_earned, balance_reversed, ledger_reversed, balance_held, ledger_held, balance_pending, balance_paid
-  FROM totals
- WHERE balance_earned <> ledger_earned
-    OR balance_reversed <> ledger_reversed
-    OR balance_held <> ledger_held
-    OR balance_pending <> balance_earned - balance_reversed - balance_paid
+       'totals differ from the ledger and payouts: ' || what AS problem,
+       NULL::bigint AS payment_id
+  FROM mismatched
+UNION ALL
+SELECT o.partner_id, o.currency,
+       format('payout %s: its amount %s is not the sum of its items (%s), or an item is not what its entry adds (%s)',
+              o.id, o.amount, coalesce(sum(i.amount), 0), coalesce(sum(entry_payable_delta(c.kind, c.stage, c.amount)), 0)),
+       NULL
+  FROM payouts o
+  LEFT JOIN payout_items i ON i.payout_id = o.id
+  LEFT JOIN commissions c ON c.id = i.commission_id
+ GROUP BY o.id
+HAVING o.amount <> coalesce(sum(i.amount), 0)
+    OR coalesce(sum(i.amount), 0) <> coalesce(sum(entry_payable_delta(c.kind, c.stage, c.amount)), 0)
+    OR bool_or(i.live) IS DISTINCT FROM (o.state <> 'failed')
+    OR bool_and(i.live) IS DISTINCT FROM (o.state <> 'failed')
+    OR bool_or(c.partner_id <> o.partner_id OR c.currency <> o.currency)
 UNION ALL
 SELECT partner_id, currency,
        CASE WHEN NOT earned_by_rule
@@ -136,13 +172,33 @@ SELECT partner_id, currency,
             ELSE format('payment %s: reversed %s and held %s of an earned %s (the rules reverse %s and hold %s)',
                         payment_id, reversed, held, earned, reversed_by_rule, held_by_rule)
        END,
-       payment_id, NULL, earned, NULL, reversed, NULL, held, NULL, NULL
+       payment_id
   FROM checked
  WHERE NOT earned_by_rule OR reversed <> reversed_by_rule OR held <> held_by_rule
 UNION ALL
+SELECT a.partner_id, a.currency,
+       format('payment %s: its approval of %s is not what was left of its commission when it was approved (%s)',
+              a.payment_id, a.amount, a.amount + sum(entry_pending_delta(c.kind, c.stage, c.amount))),
+       a.payment_id
+  FROM commissions a
+  JOIN commissions c ON c.payment_id = a.payment_id
+ WHERE a.approval_id IS NOT NULL
+ GROUP BY a.id
+HAVING sum(entry_pending_delta(c.kind, c.stage, c.amount)) <> 0
+UNION ALL
+SELECT b.partner_id, b.currency,
+       format('approval batch %s says %s commissions of %s, its entries are %s of %s',
+              b.id, b.commissions, b.amount, count(c.id), coalesce(sum(c.amount), 0)),
+       NULL
+  FROM commission_approvals b
+  LEFT JOIN commissions c ON c.approval_id = b.id
+ GROUP BY b.id
+HAVING b.commissions <> count(c.id) OR b.amount <> coalesce(sum(c.amount), 0)
+    OR bool_or(c.partner_id <> b.partner_id OR c.currency <> b.currency)
+UNION ALL
 SELECT p.id, NULL,
        format('last_seq is %s but the event log holds %s events (max seq %s)', partner_last_seq(p.id), count(e.seq), max(e.seq)),
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+       NULL
   FROM partners p
   LEFT JOIN commission_events e ON e.partner_id = p.id
  GROUP BY p.id
@@ -150,9 +206,9 @@ HAVING partner_last_seq(p.id) <> count(e.seq) OR partner_last_seq(p.id) <> coale
 UNION ALL
 SELECT NULL, NULL,
        format('event_log_head is at %s but the event log holds %s events (max position %s)', h.position, count(e.position), max(e.position)),
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+       NULL
   FROM event_log_head h
   LEFT JOIN commission_events e ON true
  GROUP BY h.position
 HAVING h.position <> coalesce(max(e.position), 0);
-COMMENT ON VIEW commission_audit IS 'Every partner whose totals disagree with the ledger, every payment whose reversals disagree with its refunds and disputes, and every gap in an event sequence. Always empty (read it outside an open engine transaction: balances follow the ledger at commit); a row here is a bug to report.';
+COMMENT ON VIEW commission_audit IS 'Every partner whose totals (earned, reversed, held, pending, approved, balance, in_payout, paid) disagree with the ledger and payouts, every payout whose amount is not its items, every approval that does not match its commission, every payment whose reversals disagree with its refunds and disputes, and every gap in an event sequence. Always empty (read it outside an open engine transaction: balances follow the ledger at commit); a row here is a bug to report.';

@@ -24,12 +24,16 @@ DO $$
 DECLARE
     v_schema    name := current_schema();
     -- The triggers that write: they run as the owner whoever fires them.
-    v_triggers  text[] := ARRAY['commission_engine', 'disputes_settle', 'publish_commission_entry'];
+    v_triggers  text[] := ARRAY['commission_engine', 'disputes_settle', 'publish_commission_entry',
+        'publish_commission_approval', 'publish_payout', 'payouts_release_items'];
     -- What the service (and an operator) calls.
     v_service   text[] := ARRAY[
         'lock_payment', 'change_payment_status', 'verify_payment', 'refund_payment', 'fail_payment',
         'record_payment', 'create_partner', 'update_partner', 'set_partner_recurring_months', 'mark_notification_read',
-        'apply_webhook_event', 'record_rejected_webhook_event', 'reapply_parked_events'];
+        'apply_webhook_event', 'record_rejected_webhook_event', 'reapply_parked_events',
+        -- The lifecycle (08_lifecycle.sql): the approval timer, payouts, hold periods.
+        'approve_due_commissions', 'create_payouts', 'change_payout_state', 'mark_payout_sent',
+        'mark_payout_paid', 'mark_payout_failed', 'set_partner_hold_days'];
     v_definer   text[] := v_triggers || v_service;
     v_object    record;
 BEGIN

@@ -129,6 +129,11 @@ pub struct ServeConfig {
     /// Paystack secret key, which signs its webhooks. Unset: Paystack webhooks are refused.
     #[arg(long, env = "PAYSTACK_SECRET_KEY", hide_env_values = true)]
     pub paystack_secret_key: Option<Secret>,
+    /// How often this node runs the engine's approve_due_commissions(now()), in seconds:
+    /// commissions whose hold period is over become payable. Every node may run it (one
+    /// at a time does the work); 0 turns this node's timer off.
+    #[arg(long, env = "APPROVAL_INTERVAL_SECS", default_value_t = 60)]
+    pub approval_interval_secs: u64,
     #[command(flatten)]
     pub realtime: RealtimeConfig,
     #[command(flatten)]

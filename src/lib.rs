@@ -2,6 +2,8 @@
 //! commissions (computed in SQL, see `sql/`), and every node relays each
 //! committed event over WebSocket to the sockets allowed to see it.
 
+/// The approval timer: each node runs the engine's `approve_due_commissions` every few seconds.
+pub mod approvals;
 /// JWT claims and roles: who a caller is and which partner they may see.
 pub mod auth;
 /// The subcommands (`migrate`, `serve`, `token`, ...) behind `main.rs`.

@@ -85,6 +85,10 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let relay = self.state.relay.clone();
+        let approvals = crate::approvals::spawn(
+            self.state.db.clone(),
+            Duration::from_secs(self.state.config.approval_interval_secs),
+        );
         let send_buffer = self.state.config.realtime.tcp_send_buffer_bytes;
         let router = http::router(self.state);
         let metrics = self.metrics_listener.map(|listener| {
@@ -116,6 +120,9 @@ impl Application {
         .context("server error");
         if let Some(metrics) = metrics {
             metrics.abort();
+        }
+        if let Some(approvals) = approvals {
+            approvals.abort();
         }
         served
     }

@@ -39,6 +39,10 @@ pub const ENGINE_SQL: &[(&str, &str)] = &[
         include_str!("../../sql/06_operator_functions.sql"),
     ),
     ("07_webhooks.sql", include_str!("../../sql/07_webhooks.sql")),
+    (
+        "08_lifecycle.sql",
+        include_str!("../../sql/08_lifecycle.sql"),
+    ),
     // Last: it sets the owner and the privileges of everything above.
     (
         "99_privileges.sql",

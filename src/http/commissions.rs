@@ -1,5 +1,6 @@
-//! The commission ledger as the API shows it: one entry per earned or
-//! reversed commission, amounts as strings with the currency's minor units.
+//! The commission ledger as the API shows it: one entry per change to a
+//! commission (earned, reversed, held, approved, ...), amounts as strings
+//! with the currency's minor units.
 //! Read only: entries are written by the engine in SQL, never here.
 
 use chrono::{DateTime, Utc};
@@ -12,8 +13,12 @@ pub struct Commission {
     pub id: i64,
     pub payment_id: i64,
     pub partner_id: i64,
-    /// `earned`, `reversed`, `reinstated`, `held` or `released`.
+    /// `earned`, `reversed`, `reinstated`, `held`, `released` or `approved`.
     pub kind: String,
+    /// The commission's stage when the entry was written: `pending` (in its
+    /// hold period), `approved` (payable) or `paid` (in a payout: a reversal
+    /// now is clawback, netted from the next payout).
+    pub stage: String,
     #[schema(example = "2.00")]
     pub amount: String,
     #[schema(example = "NGN")]
@@ -43,7 +48,7 @@ pub async fn list(
     sqlx::query_as!(
         Commission,
         r#"SELECT c.id, c.payment_id, c.partner_id,
-                  c.kind::text AS "kind!",
+                  c.kind::text AS "kind!", c.stage,
                   round(c.amount, c.minor_units)::text AS "amount!",
                   c.currency::text AS "currency!",
                   trim_scale(c.rate)::text AS "rate!",

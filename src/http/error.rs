@@ -25,7 +25,7 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
     /// The request is well formed but clashes with the current state
-    /// (an illegal payment status change, a duplicate).
+    /// (an illegal payment status or payout state change, a duplicate).
     #[error("{0}")]
     Conflict(String),
     /// The body or query could not be read at all.
@@ -79,7 +79,10 @@ impl Error {
         let db = error.as_database_error()?;
         let message = db.message().to_owned();
         match db.code().as_deref() {
-            Some("CM001") | Some("CM003") | Some("CM005") => Some(Error::Conflict(message)),
+            // CM006: an illegal payout state change (sql/08_lifecycle.sql).
+            Some("CM001") | Some("CM003") | Some("CM005") | Some("CM006") => {
+                Some(Error::Conflict(message))
+            }
             Some("CM002") => Some(Error::Unprocessable(message)),
             Some("CM004") => Some(Error::NotFound(message)),
             // check_violation, not_null_violation, foreign_key_violation on input we passed through.

@@ -33,6 +33,8 @@ mod parked;
 mod partners;
 /// `/api/payments/...`: record, verify and refund by hand.
 mod payments;
+/// `/api/payouts/...`: run payouts, list them, record sent, paid or failed.
+mod payouts;
 /// `/notifications`: the WebSocket upgrade, handed to `realtime::socket`.
 mod stream;
 /// `/webhooks/stripe` and `/webhooks/paystack`.
@@ -76,6 +78,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/payments/{id}/verify", post(payments::verify))
         .route("/api/payments/{id}/refund", post(payments::refund))
         .route("/api/parked-events/reapply", post(parked::reapply))
+        .route("/api/payouts/run", post(payouts::run))
+        .route("/api/payouts/{id}/sent", post(payouts::sent))
+        .route("/api/payouts/{id}/paid", post(payouts::paid))
+        .route("/api/payouts/{id}/failed", post(payouts::failed))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::layer,
@@ -87,6 +93,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/partners/{id}/commissions", get(partners::commissions))
         .route("/api/partners/{id}/events", get(partners::events))
         .route("/api/parked-events", get(parked::list))
+        .route("/api/payouts", get(payouts::list))
+        .route("/api/partners/{id}/payouts", get(payouts::for_partner))
         .route("/api/notifications", get(notifications::list))
         .route("/api/notifications/{id}/read", post(notifications::mark_read))
         .route("/webhooks/stripe", post(webhooks::stripe::receive))

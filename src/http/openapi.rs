@@ -8,7 +8,8 @@ use utoipa::{
 };
 
 use super::{
-    commissions, error, health, metrics, notifications, parked, partners, payments, webhooks,
+    commissions, error, health, metrics, notifications, parked, partners, payments, payouts,
+    webhooks,
 };
 
 #[derive(OpenApi)]
@@ -17,11 +18,12 @@ use super::{
     paths(
         partners::create, partners::show, partners::update, partners::commissions, partners::events,
         payments::create, payments::verify, payments::refund,
+        payouts::run, payouts::list, payouts::for_partner, payouts::sent, payouts::paid, payouts::failed,
         notifications::list, notifications::mark_read,
         webhooks::stripe::receive, webhooks::paystack::receive, parked::list, parked::reapply,
         health::healthz, health::readyz, metrics::render, document,
     ),
-    components(schemas(error::Problem, commissions::Commission, partners::Totals)),
+    components(schemas(error::Problem, commissions::Commission, partners::Totals, payouts::Payout)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

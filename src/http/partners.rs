@@ -1,4 +1,4 @@
-//! Partners: created and re-rated by admins, read by admins and by the
+//! Partners: created, re-rated and given a hold period by admins, read by admins and by the
 //! partner itself, with its totals per currency, its ledger (keyset pages,
 //! newest first) and its event log (the same JSON the WebSocket sends).
 
@@ -20,18 +20,27 @@ use super::{
 };
 use crate::{events::EventLog, state::AppState};
 
-/// A partner's totals in one currency.
+/// A partner's totals in one currency, each a sum of the ledger that the
+/// audit view checks (docs/engine.md, "The lifecycle").
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Totals {
+    /// Earned, ever.
     #[schema(example = "2.00")]
     pub earned: String,
-    /// Owed and not paid out: earned - reversed - paid (held included).
+    /// In the hold period, not yet approved (held included).
     pub pending: String,
+    /// Approved and in no payout yet.
+    pub approved: String,
+    /// What the next payout would pay: approved minus clawback; negative
+    /// while a reversal after payout is owed back.
+    pub balance: String,
+    /// In payouts created or sent, not yet paid.
+    pub in_payout: String,
+    /// Paid out.
     pub paid: String,
     /// Net reversed by refunds and lost disputes (reinstatements subtracted).
     pub reversed: String,
-    /// Part of pending held by open disputes, not payable until they end.
-    #[serde(default)]
+    /// Held by open disputes.
     pub held: String,
 }
 
@@ -44,6 +53,10 @@ pub struct Partner {
     pub commission_rate: String,
     /// The partner's latest event seq (0 before the first); resume the socket from here.
     pub last_seq: i64,
+    /// The partner's own hold period in days; null: the program's default.
+    pub hold_days: Option<i32>,
+    /// The hold period that applies: `hold_days`, or the program's default (30).
+    pub effective_hold_days: i32,
     /// How long a customer it brought keeps earning it commissions on later
     /// payments (a subscription's invoices), in months from the customer's
     /// first payment: null for the customer's lifetime, 0 for the first payment only.
@@ -61,6 +74,12 @@ pub struct NewPartner {
     /// Defaults to "0.02".
     #[schema(value_type = Option<String>, example = "0.025")]
     pub commission_rate: Option<Rate>,
+    /// Days a commission stays pending before it is approved, 0 to 3650
+    /// (0: approved when its payment is verified). Absent or null: the
+    /// program's default (30).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>, example = 14)]
+    pub hold_days: Option<Option<i32>>,
     /// Months a customer it brings keeps earning (null: lifetime, 0: first
     /// payment only). Absent: the program's default_recurring_months.
     #[serde(default, deserialize_with = "present")]
@@ -75,6 +94,11 @@ pub struct PartnerChange {
     /// Applies to payments verified from now on.
     #[schema(value_type = Option<String>, example = "0.03")]
     pub commission_rate: Option<Rate>,
+    /// The hold period in days, 0 to 3650; null returns the partner to the
+    /// program's default; absent: unchanged. Applies to its pending commissions too.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>, example = 7)]
+    pub hold_days: Option<Option<i32>>,
     /// null: lifetime; 0: first payment only; absent: unchanged. Applies to
     /// payments recorded from now on.
     #[serde(default, deserialize_with = "present")]
@@ -134,15 +158,20 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 fn rate_violation(error: sqlx::Error) -> Error {
-    on_constraint(error, "partners_commission_rate_range", |_| {
-        Error::Unprocessable("commission_rate must be from 0 to 1".into())
-    })
+    match error.as_database_error().and_then(|d| d.constraint()) {
+        Some("partners_hold_days_range") => {
+            Error::Unprocessable("hold_days must be from 0 to 3650".into())
+        }
+        _ => on_constraint(error, "partners_commission_rate_range", |_| {
+            Error::Unprocessable("commission_rate must be from 0 to 1".into())
+        }),
+    }
 }
 
 async fn fetch_partner(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<Partner> {
     let row = sqlx::query!(
         r#"SELECT p.id, p.name, trim_scale(p.commission_rate)::text AS "commission_rate!", partner_last_seq(p.id) AS "last_seq!", p.created_at,
-                  p.recurring_months,
+                  p.hold_days, partner_hold_days(p.id) AS "effective_hold_days!", p.recurring_months,
                   partner_totals(p.id) AS "totals!"
              FROM partners p WHERE p.id = $1"#,
         id
@@ -155,6 +184,8 @@ async fn fetch_partner(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<Partner
         name: row.name,
         commission_rate: row.commission_rate,
         last_seq: row.last_seq,
+        hold_days: row.hold_days,
+        effective_hold_days: row.effective_hold_days,
         recurring_months: row.recurring_months,
         totals: serde_json::from_value(row.totals).map_err(|e| Error::Internal(e.into()))?,
         created_at: row.created_at,
@@ -188,6 +219,7 @@ pub async fn create(
     .fetch_one(&mut *tx)
     .await
     .map_err(rate_violation)?;
+    set_hold_days(&mut *tx, id, new.hold_days).await?;
     set_recurring_months(&mut *tx, id, new.recurring_months).await?;
     let partner = fetch_partner(&mut *tx, id).await?;
     idempotency::mark_applied(&mut tx, claim.as_deref()).await?;
@@ -210,7 +242,8 @@ pub async fn show(
     Ok(Json(fetch_partner(&state.db, id).await?))
 }
 
-/// Rename a partner or change its rate (applies to payments verified afterwards).
+/// Rename a partner, change its rate (applies to payments verified
+/// afterwards) or its hold period (applies to its pending commissions too).
 #[utoipa::path(patch, path = "/api/partners/{id}", tag = "partners", params(("id" = i64, Path)), request_body = PartnerChange,
     responses((status = 200, body = Partner), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
               (status = 404, body = super::error::Problem), (status = 422, body = super::error::Problem)),
@@ -227,6 +260,7 @@ pub async fn update(
         check_name(name)?;
     }
     check_recurring_months(change.recurring_months)?;
+    // The name, rate, hold period and recurring months change together or not at all.
     let mut tx = state.db.begin().await?;
     let updated = sqlx::query_scalar!(
         "SELECT update_partner($1, $2, $3) AS id",
@@ -240,10 +274,26 @@ pub async fn update(
     if updated.is_none() {
         return Err(Error::NotFound(format!("partner {id} does not exist")));
     }
+    set_hold_days(&mut *tx, id, change.hold_days).await?;
     set_recurring_months(&mut *tx, id, change.recurring_months).await?;
     let partner = fetch_partner(&mut *tx, id).await?;
     tx.commit().await?;
     Ok(Json(partner))
+}
+
+/// Sets hold_days when the request says so (null: the program's default).
+async fn set_hold_days(
+    db: impl sqlx::PgExecutor<'_>,
+    id: i64,
+    hold_days: Option<Option<i32>>,
+) -> Result<()> {
+    if let Some(hold_days) = hold_days {
+        sqlx::query_scalar!("SELECT set_partner_hold_days($1, $2) AS id", id, hold_days)
+            .fetch_one(db)
+            .await
+            .map_err(rate_violation)?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -196,6 +196,7 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         jwt_secret: Secret::new(JWT_SECRET),
         stripe_webhook_secret: Some(Secret::new(STRIPE_SECRET)),
         paystack_secret_key: Some(Secret::new(PAYSTACK_SECRET)),
+        approval_interval_secs: 60,
         realtime: RealtimeConfig {
             ws_send_queue: 256,
             ws_ping_interval_ms: 20_000,

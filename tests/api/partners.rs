@@ -48,7 +48,7 @@ async fn create_read_and_rerate_a_partner() {
     assert_eq!(read["last_seq"], 1);
     assert_eq!(
         read["totals"],
-        json!({"NGN": {"earned": "2.50", "pending": "2.50", "paid": "0.00", "reversed": "0.00", "held": "0.00"}})
+        json!({"NGN": {"earned": "2.50", "pending": "2.50", "approved": "0.00", "balance": "0.00", "in_payout": "0.00", "paid": "0.00", "reversed": "0.00", "held": "0.00"}})
     );
 
     let patch = app

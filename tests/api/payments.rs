@@ -84,7 +84,7 @@ async fn record_verify_and_refund_a_payment() {
     .await;
     assert_eq!(
         partner_view["totals"]["NGN"],
-        json!({"earned": "2.00", "pending": "0.00", "paid": "0.00", "reversed": "2.00", "held": "0.00"})
+        json!({"earned": "2.00", "pending": "0.00", "approved": "0.00", "balance": "0.00", "in_payout": "0.00", "paid": "0.00", "reversed": "2.00", "held": "0.00"})
     );
     assert_eq!(partner_view["last_seq"], 2);
 }

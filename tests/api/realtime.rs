@@ -117,8 +117,9 @@ pub(crate) async fn events(ws: &mut Ws, n: usize) -> Vec<Value> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let message = next_message(ws).await;
+        let kind = message["type"].as_str().unwrap();
         assert!(
-            message["type"].as_str().unwrap().starts_with("commission."),
+            kind.starts_with("commission.") || kind.starts_with("payout."),
             "an event, got {message}"
         );
         out.push(message);

@@ -11,6 +11,7 @@ use crate::{
     callers::{json, problem},
     helpers::{create_partner, create_payment, spawn_app, TestApp},
     realtime::{admin_token, events, open, partner_token, seqs, Ws},
+    streams::check_streams,
 };
 
 // ---------------------------------------------------------------------------
@@ -177,51 +178,13 @@ impl Watched {
     /// Every event the log holds went to both sockets once and in order, and
     /// nothing else did. Returns the partner's events (without the sentinel).
     pub async fn check_streams(mut self) -> Vec<Value> {
-        assert_eq!(
-            self.app
-                .count("SELECT count(*) FROM commission_audit")
-                .await,
-            0,
-            "the audit view is empty"
-        );
-        let logged = self
-            .app
-            .count(&format!(
-                "SELECT count(*) FROM commission_events WHERE partner_id = {}",
-                self.partner
-            ))
-            .await as usize;
-        // A sentinel after everything: if any event had come twice, the
-        // sentinel would not be the next one after the logged events.
-        let sentinel = create_payment(&self.app.db.pool, "1.00", "NGN", Some(self.partner)).await;
-        self.app.verify(sentinel).await;
-
-        let mut got = events(&mut self.partner_ws, logged + 1).await;
-        assert_eq!(seqs(&got), (1..=logged as i64 + 1).collect::<Vec<_>>());
-        assert_eq!(got.last().unwrap()["data"]["payment_id"], sentinel);
-        let admin = events(&mut self.admin_ws, logged + 1).await;
-        let positions: Vec<i64> = admin
-            .iter()
-            .map(|e| e["position"].as_i64().unwrap())
-            .collect();
-        assert_eq!(positions, (1..=logged as i64 + 1).collect::<Vec<_>>());
-        assert_eq!(admin, got, "the admin room saw the same events");
-
-        // What a resuming client replays is what the live socket got.
-        let replay = json(
-            self.app
-                .get_as(
-                    &partner_token(self.partner),
-                    &format!("/api/partners/{}/events?since=0", self.partner),
-                )
-                .await,
-            200,
+        check_streams(
+            &self.app,
+            self.partner,
+            &mut self.partner_ws,
+            &mut self.admin_ws,
         )
-        .await;
-        let replayed = replay["events"].as_array().expect("events").clone();
-        assert_eq!(replayed, got);
-        got.pop();
-        got
+        .await
     }
 }
 
@@ -431,7 +394,7 @@ async fn a_stripe_dispute_holds_then_reverses_when_funds_are_withdrawn_and_reins
     let totals = w.totals().await;
     assert_eq!(
         totals["USD"],
-        json!({"earned": "2.00", "pending": "2.00", "paid": "0.00", "reversed": "0.00", "held": "0.00"})
+        json!({"earned": "2.00", "pending": "2.00", "approved": "0.00", "balance": "0.00", "in_payout": "0.00", "paid": "0.00", "reversed": "0.00", "held": "0.00"})
     );
     let got = w.check_streams().await;
     assert_eq!(
@@ -498,7 +461,7 @@ async fn a_lost_paystack_dispute_reverses_in_proportion_to_the_amount_charged_ba
     );
     assert_eq!(
         w.totals().await["NGN"],
-        json!({"earned": "100.00", "pending": "70.00", "paid": "0.00", "reversed": "30.00", "held": "0.00"})
+        json!({"earned": "100.00", "pending": "70.00", "approved": "0.00", "balance": "0.00", "in_payout": "0.00", "paid": "0.00", "reversed": "30.00", "held": "0.00"})
     );
     let got = w.check_streams().await;
     assert_eq!(
