@@ -25,6 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(config) => demo::demo(config).await,
         Command::SimulatePayment(config) => demo::simulate_payment(config).await,
+        Command::SimulatePayout(config) => demo::simulate_payout(config).await,
         Command::Token(config) => {
             println!("{}", mint_token(&config, chrono::Utc::now().timestamp())?);
             Ok(())

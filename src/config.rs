@@ -27,6 +27,9 @@ pub enum Command {
     Demo(ServeConfig),
     /// Record a pending payment for a partner and verify it, printing the commission.
     SimulatePayment(SimulatePaymentConfig),
+    /// Pay out a partner's approved balance: create the payout, mark it sent,
+    /// then paid, a moment apart, so an open dashboard shows each step.
+    SimulatePayout(SimulatePayoutConfig),
     /// Mint a JWT for local use (curl, the dashboard) and print it.
     Token(TokenConfig),
 }
@@ -227,6 +230,21 @@ pub struct SimulatePaymentConfig {
     /// ISO 4217 currency code.
     #[arg(long, default_value = "NGN")]
     pub currency: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimulatePayoutConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    /// The partner paid.
+    #[arg(long)]
+    pub partner_id: i64,
+    /// ISO 4217 currency code.
+    #[arg(long, default_value = "NGN")]
+    pub currency: String,
+    /// Seconds between the payout's steps (created, sent, paid).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=60))]
+    pub pause_secs: u64,
 }
 
 /// The shortest JWT secret a node accepts: HS256 wants a key at least as long

@@ -6,7 +6,11 @@
 //! serves exactly as `serve` does. `simulate-payment` records a pending
 //! payment and verifies it through the engine's own `verify_payment(id)`, as
 //! an operator in psql would; the commission, its event and its NOTIFY are
-//! the engine's, so every open dashboard receives it.
+//! the engine's, so every open dashboard receives it. `simulate-payout` pays
+//! the partner's approved balance out through the engine's own
+//! `create_payouts`, `mark_payout_sent` and `mark_payout_paid`, one step at a
+//! time. The demo partner has no hold period, so what it earns is payable at
+//! once.
 
 use anyhow::{bail, Context};
 use rust_decimal::Decimal;
@@ -14,7 +18,7 @@ use sqlx::PgPool;
 
 use crate::{
     auth::{self, Claims, Role},
-    config::{ServeConfig, SimulatePaymentConfig},
+    config::{ServeConfig, SimulatePaymentConfig, SimulatePayoutConfig},
     db, startup,
 };
 
@@ -72,6 +76,10 @@ pub async fn demo(config: ServeConfig) -> anyhow::Result<()> {
     println!("  Then, in another terminal with the same DATABASE_URL, watch a commission arrive:");
     println!("  {exe} simulate-payment --partner-id {partner_id} --amount 100.00 --currency NGN");
     println!();
+    println!("  and, once it has earned the payout minimum (NGN 50.00), a payout made and paid:");
+    println!("  {exe} simulate-payment --partner-id {partner_id} --amount 5000.00 --currency NGN");
+    println!("  {exe} simulate-payout --partner-id {partner_id} --currency NGN");
+    println!();
 
     tracing::info!(addr = %app.local_addr(), "serving the demo");
     app.run_until(startup::shutdown_signal()).await
@@ -85,10 +93,16 @@ async fn demo_partner(pool: &PgPool) -> anyhow::Result<i64> {
     )
     .fetch_optional(pool)
     .await?;
-    if let Some(id) = existing {
-        return Ok(id);
-    }
-    let id = sqlx::query_scalar!(r#"SELECT create_partner($1) AS "id!""#, DEMO_PARTNER)
+    let id = match existing {
+        Some(id) => id,
+        None => {
+            sqlx::query_scalar!(r#"SELECT create_partner($1) AS "id!""#, DEMO_PARTNER)
+                .fetch_one(pool)
+                .await?
+        }
+    };
+    // No hold period: the demo shows a payout without waiting 30 days.
+    sqlx::query_scalar!("SELECT set_partner_hold_days($1, 0) AS id", id)
         .fetch_one(pool)
         .await?;
     Ok(id)
@@ -112,13 +126,7 @@ pub async fn simulate_payment(config: SimulatePaymentConfig) -> anyhow::Result<(
             )
         })?;
     let currency = config.currency.to_uppercase();
-    let pool = db::connect_pool(
-        config.database.database_url.expose(),
-        2,
-        config.database.session_limits(),
-    )
-    .await
-    .context("cannot connect to PostgreSQL")?;
+    let pool = connect(&config.database).await?;
 
     let Some(partner) =
         sqlx::query_scalar!("SELECT name FROM partners WHERE id = $1", config.partner_id)
@@ -165,4 +173,65 @@ pub async fn simulate_payment(config: SimulatePaymentConfig) -> anyhow::Result<(
         None => println!("verified payment #{payment_id}: no commission (the partner's rate is 0)"),
     }
     Ok(())
+}
+
+pub async fn simulate_payout(config: SimulatePayoutConfig) -> anyhow::Result<()> {
+    let currency = config.currency.to_uppercase();
+    let pool = connect(&config.database).await?;
+    let Some(balance) = sqlx::query!(
+        r#"SELECT money_text(b.balance, b.currency) AS "balance!", money_text(c.payout_minimum, c.code) AS "minimum!"
+             FROM partner_balances b JOIN currencies c ON c.code = b.currency
+            WHERE b.partner_id = $1 AND b.currency = $2::text::char(3)"#,
+        config.partner_id,
+        currency
+    )
+    .fetch_optional(&pool)
+    .await?
+    else {
+        bail!("partner #{} has earned nothing in {currency}", config.partner_id);
+    };
+    let payout = sqlx::query!(
+        r#"SELECT id AS "id!", money_text(amount, currency) AS "amount!" FROM create_payouts(now(), $1, $2::text::char(3))"#,
+        config.partner_id,
+        currency
+    )
+    .fetch_optional(&pool)
+    .await?;
+    let Some(payout) = payout else {
+        bail!(
+            "no payout: partner #{}'s payable balance is {currency} {}, below the minimum of {currency} {} \
+             (simulate a larger payment first)",
+            config.partner_id,
+            balance.balance,
+            balance.minimum
+        );
+    };
+    println!(
+        "created payout #{} of {currency} {}",
+        payout.id, payout.amount
+    );
+    let pause = std::time::Duration::from_secs(config.pause_secs);
+    tokio::time::sleep(pause).await;
+    sqlx::query_scalar!(r#"SELECT id AS "id!" FROM mark_payout_sent($1)"#, payout.id)
+        .fetch_one(&pool)
+        .await?;
+    println!("payout #{} sent", payout.id);
+    tokio::time::sleep(pause).await;
+    let reference = format!("DEMO-{}", payout.id);
+    sqlx::query_scalar!(
+        r#"SELECT id AS "id!" FROM mark_payout_paid($1, $2)"#,
+        payout.id,
+        reference
+    )
+    .fetch_one(&pool)
+    .await?;
+    println!("payout #{} paid (reference {reference})", payout.id);
+    Ok(())
+}
+
+/// A small pool for one command-line run.
+async fn connect(database: &crate::config::DatabaseConfig) -> anyhow::Result<PgPool> {
+    db::connect_pool(database.database_url.expose(), 2, database.session_limits())
+        .await
+        .context("cannot connect to PostgreSQL")
 }

@@ -165,3 +165,73 @@ async fn simulate_payment_refuses_bad_input_and_writes_nothing() {
         .unwrap();
     assert_eq!(payments, 0);
 }
+
+/// The demo's payout, as a socket on the partner's room sees it: below the
+/// minimum it refuses and writes nothing; above it, a payout created, sent
+/// and paid, each step its own event, and the ledger still audits clean.
+#[tokio::test]
+async fn simulate_payout_creates_sends_and_pays_the_partners_balance() {
+    use commissions::config::SimulatePayoutConfig;
+
+    let app = crate::helpers::spawn_app().await;
+    let partner = create_partner(&app.db.pool, "Demo Partner", None).await;
+    sqlx::query("SELECT set_partner_hold_days($1, 0)")
+        .bind(partner)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let (mut ws, _) = crate::realtime::open(
+        app.address,
+        &format!("token={}", crate::realtime::partner_token(partner)),
+    )
+    .await;
+    let payout = || SimulatePayoutConfig {
+        database: simulate(&app.db, partner, "0", "NGN").database,
+        partner_id: partner,
+        currency: "ngn".into(),
+        pause_secs: 0,
+    };
+    // 2.00 NGN earned: below the 50.00 minimum.
+    demo::simulate_payment(simulate(&app.db, partner, "100.00", "NGN"))
+        .await
+        .unwrap();
+    let refused = demo::simulate_payout(payout())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("below the minimum"), "{refused}");
+    demo::simulate_payment(simulate(&app.db, partner, "5000.00", "NGN"))
+        .await
+        .unwrap();
+    demo::simulate_payout(payout()).await.unwrap();
+
+    let (state, amount, reference): (String, String, String) = sqlx::query_as(
+        "SELECT state, money_text(amount, currency), provider_reference FROM payouts WHERE partner_id = $1",
+    )
+    .bind(partner)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!((state.as_str(), amount.as_str()), ("paid", "102.00"));
+    assert!(reference.starts_with("DEMO-"));
+    let events = crate::realtime::events(&mut ws, 7).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "commission.created",
+            "commission.approved",
+            "commission.created",
+            "commission.approved",
+            "payout.created",
+            "payout.sent",
+            "payout.paid"
+        ]
+    );
+    assert_eq!(events[6]["data"]["totals"]["NGN"]["paid"], "102.00");
+    let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM commission_audit")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(audit, 0);
+}

@@ -238,6 +238,66 @@ describe('the partner dashboard', () => {
     await page.close();
   });
 
+  test('shows the lifecycle live: approved at once with no hold, a payout created, sent and paid', async () => {
+    const created = await api('POST', '/api/partners', admin, { name: 'Grace Hopper Media', hold_days: 0 });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const partnerC = created.body.id;
+    psql("UPDATE currencies SET payout_minimum = 1 WHERE code = 'NGN'");
+    const page = await openDashboard(partnerToken(partnerC));
+    await waitForState(page, 'live');
+    const field = (name) => page.locator(`.total[data-partner-id="${partnerC}"][data-currency="NGN"] [data-field="${name}"]`);
+    const fieldIs = (name, value) => page.waitForFunction(
+      ([id, f, v]) => document.querySelector(`.total[data-partner-id="${id}"][data-currency="NGN"] [data-field="${f}"]`)?.textContent === v,
+      [partnerC, name, value],
+      WAIT,
+    );
+
+    // A hold of 0 days: earned and approved in the same commit.
+    const payment = await verifyThroughApi(partnerC, '500.00');
+    await rowsFor(page, payment).waitFor(WAIT);
+    await fieldIs('approved', '10.00');
+    await fieldIs('balance', '10.00');
+    assert.equal(await field('pending').textContent(), '0.00');
+    await page.locator('#feed tr[data-kind="approved"]').waitFor(WAIT);
+
+    // A payout run: the payout appears, the balance moves into it.
+    const run = await api('POST', '/api/payouts/run', admin, { partner_id: partnerC });
+    assert.equal(run.status, 200, JSON.stringify(run.body));
+    assert.equal(run.body.payouts.length, 1);
+    const payoutId = run.body.payouts[0].id;
+    const payoutRow = page.locator(`#payouts tr[data-payout-id="${payoutId}"]`);
+    await page.waitForSelector(`#payouts tr[data-payout-id="${payoutId}"][data-state="pending"]`, WAIT);
+    await fieldIs('in_payout', '10.00');
+    await fieldIs('balance', '0.00');
+    assert.match(await payoutRow.textContent(), /NGN 10\.00/);
+
+    // Sent, then paid with the provider's reference: the row moves, paid grows.
+    assert.equal((await api('POST', `/api/payouts/${payoutId}/sent`, admin, {})).status, 200);
+    await page.waitForSelector(`#payouts tr[data-payout-id="${payoutId}"][data-state="sent"]`, WAIT);
+    const paid = await api('POST', `/api/payouts/${payoutId}/paid`, admin, { provider_reference: 'TRF_e2e_1' });
+    assert.equal(paid.status, 200, JSON.stringify(paid.body));
+    await page.waitForSelector(`#payouts tr[data-payout-id="${payoutId}"][data-state="paid"]`, WAIT);
+    await fieldIs('paid', '10.00');
+    await fieldIs('in_payout', '0.00');
+    assert.match(await payoutRow.textContent(), /TRF_e2e_1/);
+    assert.equal(await page.locator('#payouts tr').count(), 1, 'one payout, updated in place');
+    await page.screenshot({ path: path.join(artifacts, '04-lifecycle.png') });
+
+    // A page opened afterwards loads the same from the REST API.
+    const later = await openDashboard(partnerToken(partnerC));
+    await waitForState(later, 'live');
+    await later.waitForSelector(`#payouts tr[data-payout-id="${payoutId}"][data-state="paid"]`, WAIT);
+    assert.equal(
+      await later.locator(`.total[data-partner-id="${partnerC}"][data-currency="NGN"] [data-field="paid"]`).textContent(),
+      '10.00',
+    );
+    assert.equal(psql('SELECT count(*) FROM commission_audit'), '0');
+    assert.deepEqual(page.problems, []);
+    assert.deepEqual(later.problems, []);
+    await later.close();
+    await page.close();
+  });
+
   test('an expired token puts the page offline instead of retrying', async () => {
     const page = await openDashboard(partnerToken(partnerA, Math.floor(Date.now() / 1000) + 6));
     await waitForState(page, 'live');
@@ -302,7 +362,8 @@ describe('a partner token at the socket (the page code cannot widen it)', () => 
 
 // The screenshot for the README, when asked for (tests/e2e/run --update-docs).
 after(() => {
-  if (process.env.E2E_UPDATE_DOCS === '1' && existsSync(path.join(artifacts, 'dashboard.png'))) {
-    copyFileSync(path.join(artifacts, 'dashboard.png'), path.join(here, '..', '..', 'docs', 'dashboard.png'));
+  if (process.env.E2E_UPDATE_DOCS !== '1') return;
+  for (const [shot, doc] of [['dashboard.png', 'dashboard.png'], ['04-lifecycle.png', 'dashboard-lifecycle.png']]) {
+    if (existsSync(path.join(artifacts, shot))) copyFileSync(path.join(artifacts, shot), path.join(here, '..', '..', 'docs', doc));
   }
 });

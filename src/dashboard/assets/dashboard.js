@@ -18,7 +18,9 @@ const STATE_LABELS = { connecting: 'Connecting', live: 'Live', reconnecting: 'Re
 const view = {
   rows: new Map(), // commission id -> <tr>, so a commission is listed once
   cards: new Map(), // "partner:currency" -> card element
+  payouts: new Map(), // payout id -> <tr>, updated in place as its state moves
 };
+const TOTAL_FIELDS = ['earned', 'pending', 'approved', 'balance', 'in_payout', 'paid', 'reversed', 'held'];
 
 async function main() {
   const token = takeToken();
@@ -74,6 +76,8 @@ async function loadPartner(token, partnerId) {
     const items = Array.isArray(page) ? page : page.items || page.commissions || page.data || [];
     // Newest first from the API; append in that order.
     for (const item of items) addRow(rowFromCommission(item, partnerId), 'end', false);
+    const payouts = await api(token, `/api/partners/${partnerId}/payouts?limit=${FEED_LIMIT}`);
+    for (const payout of payouts.items || []) showPayout(payout, 'end', false);
     return Number.isSafeInteger(partner.last_seq) ? partner.last_seq : undefined;
   } catch (err) {
     // The socket's `ready` still brings the totals; only the history is missing.
@@ -102,11 +106,35 @@ const KINDS = {
   reinstated: { label: 'Reinstated', sign: '+', toast: 'Commission reinstated' },
   held: { label: 'On hold', sign: '', toast: 'Commission on hold (disputed)' },
   released: { label: 'Released', sign: '', toast: 'Commission released' },
+  approved: { label: 'Approved', sign: '', toast: 'Commissions approved' },
+};
+const PAYOUT_TOASTS = {
+  created: 'Payout created', sent: 'Payout sent', paid: 'Payout paid', failed: 'Payout failed',
 };
 const kindOf = (kind) => KINDS[kind] || KINDS.earned;
 
 function onEvent(event, replayed) {
   const data = event.data || {};
+  // Replayed events carry the totals of their time; `ready` already set today's.
+  if (!replayed && data.totals) applyTotals(event.partner_id, data.totals, true);
+  if (event.type.startsWith('payout.')) {
+    const payout = { ...data, id: data.payout_id, partner_id: event.partner_id, updated_at: event.occurred_at };
+    if (showPayout(payout, 'start', true)) payoutToast(payout, event.type.slice('payout.'.length), replayed);
+    return;
+  }
+  if (event.type === 'commission.approved') {
+    const row = {
+      key: `approval:${data.approval_id}`,
+      partnerId: event.partner_id,
+      kind: 'approved',
+      amount: data.amount,
+      currency: data.currency,
+      count: data.commissions,
+      at: event.occurred_at,
+    };
+    if (addRow(row, 'start', true)) toast(row, replayed);
+    return;
+  }
   const row = {
     id: data.commission_id,
     partnerId: event.partner_id,
@@ -118,10 +146,56 @@ function onEvent(event, replayed) {
     paymentAmount: data.payment_amount,
     at: event.occurred_at,
   };
-  const isNew = addRow(row, 'start', true);
-  // Replayed events carry the totals of their time; `ready` already set today's.
-  if (!replayed && data.totals) applyTotals(event.partner_id, data.totals, true);
-  if (isNew) toast(row, replayed);
+  if (addRow(row, 'start', true)) toast(row, replayed);
+}
+
+/**
+ * Lists a payout, or moves its row to its new state (events arrive in seq
+ * order, so the latest state wins). Returns whether anything changed.
+ */
+function showPayout(payout, where, highlight) {
+  const key = String(payout.id);
+  let tr = view.payouts.get(key);
+  if (tr && tr.dataset.state === payout.state) return false;
+  if (!tr) {
+    tr = document.createElement('tr');
+    tr.dataset.payoutId = key;
+    for (const cls of ['', 'admin-only', 'state', '', 'reference', 'num amount']) {
+      const td = document.createElement('td');
+      if (cls) td.className = cls;
+      tr.append(td);
+    }
+    const body = $('payouts');
+    if (where === 'start') body.prepend(tr);
+    else body.append(tr);
+    view.payouts.set(key, tr);
+  }
+  tr.dataset.state = payout.state;
+  const cells = tr.children;
+  cells[0].textContent = `#${payout.id}`;
+  cells[1].textContent = `#${payout.partner_id}`;
+  const badge = document.createElement('span');
+  badge.className = `payout-state ${payout.state}`;
+  badge.textContent = payout.state;
+  cells[2].replaceChildren(badge);
+  cells[3].textContent = formatTime(payout.updated_at || payout.paid_at || payout.failed_at || payout.sent_at || payout.created_at);
+  cells[4].textContent = payout.failure_reason || payout.provider_reference || '';
+  cells[5].textContent = money(payout.amount, payout.currency);
+  if (highlight) flash(tr);
+  $('payouts-empty').hidden = view.payouts.size > 0;
+  return true;
+}
+
+function payoutToast(payout, what, replayed) {
+  const box = document.createElement('div');
+  box.className = `toast payout ${what}`;
+  box.dataset.payoutId = String(payout.id);
+  const title = document.createElement('strong');
+  title.textContent = `${PAYOUT_TOASTS[what] || 'Payout'}: ${money(payout.amount, payout.currency)}`;
+  const detail = document.createElement('span');
+  detail.textContent = `Payout #${payout.id}${replayed ? ' · while you were away' : ''}`;
+  box.append(title, detail);
+  pushToast(box);
 }
 
 function rowFromCommission(c, partnerId) {
@@ -140,7 +214,7 @@ function rowFromCommission(c, partnerId) {
 
 /** Adds a feed row unless that commission is already listed; returns whether it was added. */
 function addRow(row, where, highlight) {
-  const key = row.id !== undefined ? String(row.id) : `${row.paymentId}:${row.kind}`;
+  const key = row.key || (row.id !== undefined ? String(row.id) : `${row.paymentId}:${row.kind}`);
   if (view.rows.has(key)) return false;
   const tr = document.createElement('tr');
   tr.dataset.commissionId = String(row.id ?? '');
@@ -152,7 +226,7 @@ function addRow(row, where, highlight) {
   const cells = [
     [formatTime(row.at), ''],
     [row.partnerId !== undefined ? `#${row.partnerId}` : '', 'admin-only'],
-    [row.paymentId !== undefined ? `#${row.paymentId}` : '', ''],
+    [row.paymentId !== undefined ? `#${row.paymentId}` : `${row.count} commission${row.count === 1 ? '' : 's'}`, ''],
     [kind, ''],
     [money(row.paymentAmount, row.currency), 'num'],
     [percent(row.rate), 'num'],
@@ -180,7 +254,7 @@ function addRow(row, where, highlight) {
   return true;
 }
 
-/** Writes totals ({"NGN": {earned, pending, paid, reversed, held}}) into the cards, in place. */
+/** Writes totals ({"NGN": {earned, pending, approved, balance, ...}}) into the cards, in place. */
 function applyTotals(partnerId, totals, highlight) {
   for (const [currency, values] of Object.entries(totals)) {
     const key = `${partnerId}:${currency}`;
@@ -194,7 +268,7 @@ function applyTotals(partnerId, totals, highlight) {
       $('totals').append(card);
       view.cards.set(key, card);
     }
-    for (const field of ['earned', 'pending', 'paid', 'reversed', 'held']) {
+    for (const field of TOTAL_FIELDS) {
       const el = card.querySelector(`[data-field="${field}"]`);
       if (!el || values[field] === undefined) continue; // events before engine v2 carry no `held`
       const text = money(values[field]); // the card's badge names the currency
@@ -217,9 +291,15 @@ function toast(row, replayed) {
   title.textContent = `${kind.toast}: ${kind.sign}${money(row.amount, row.currency)}`;
   const detail = document.createElement('span');
   const who = document.body.classList.contains('admin') ? `Partner #${row.partnerId} · ` : '';
-  detail.textContent = `${who}Payment #${row.paymentId} of ${money(row.paymentAmount, row.currency)}`
-    + (replayed ? ' · while you were away' : '');
+  const what = row.paymentId !== undefined
+    ? `Payment #${row.paymentId} of ${money(row.paymentAmount, row.currency)}`
+    : `${row.count} commission${row.count === 1 ? '' : 's'} now payable`;
+  detail.textContent = `${who}${what}${replayed ? ' · while you were away' : ''}`;
   box.append(title, detail);
+  pushToast(box);
+}
+
+function pushToast(box) {
   const stack = $('toasts');
   stack.append(box);
   // A long replay must not bury the page: keep the newest few.
