@@ -11,6 +11,8 @@
 mod commissions;
 /// The error type and its problem+json mapping.
 pub mod error;
+/// CSV exports of the lists (`?format=csv`), streamed.
+mod export;
 /// The authenticated caller and problem-speaking JSON, query and path extractors.
 pub mod extractor;
 /// `/healthz` and `/readyz`.

@@ -4,7 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use axum::{extract::State, http::StatusCode, Extension};
+use axum::{
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Extension,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -13,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{
     commissions::{self, Commission},
     error::{on_constraint, Error, Result},
+    export,
     extractor::{Caller, Json, Path, Query},
     idempotency::{self, Claim},
     money::Rate,
@@ -303,6 +309,9 @@ pub struct PageQuery {
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<i64>,
+    /// `json` (default) or `csv`: every matching entry from `cursor` on,
+    /// streamed, for accounting (also with `Accept: text/csv`).
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -312,9 +321,10 @@ pub struct CommissionPage {
     pub next_cursor: Option<i64>,
 }
 
-/// The partner's ledger, newest first, in keyset pages.
+/// The partner's ledger, newest first, in keyset pages; or all of it as CSV.
 #[utoipa::path(get, path = "/api/partners/{id}/commissions", tag = "partners", params(("id" = i64, Path), PageQuery),
-    responses((status = 200, body = CommissionPage), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
+    responses((status = 200, body = CommissionPage, description = "A page, or with format=csv (Accept: text/csv) every entry as text/csv"),
+              (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
               (status = 404, body = super::error::Problem), (status = 422, body = super::error::Problem)),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.claims().sub, partner_id = id))]
@@ -323,11 +333,34 @@ pub async fn commissions(
     caller: Caller,
     Path(id): Path<i64>,
     Query(page): Query<PageQuery>,
-) -> Result<Json<CommissionPage>> {
+    headers: HeaderMap,
+) -> Result<Response> {
     caller.require_partner_access(id)?;
+    let format = export::Format::of(page.format.as_deref(), &headers)?;
     let limit = pagination::limit(page.limit, 50, 100)?;
     let before = pagination::cursor(page.cursor)?;
     require_partner(&state, id).await?;
+    if format == export::Format::Csv {
+        let db = state.db.clone();
+        let chunk = move |before, limit| {
+            let db = db.clone();
+            async move {
+                let filter = commissions::Filter {
+                    partner_id: Some(id),
+                    before,
+                    ..Default::default()
+                };
+                Ok(commissions::list(&db, filter, limit).await?)
+            }
+        };
+        let name = format!("commissions-partner-{id}.csv");
+        return Ok(export::stream_csv(
+            &name,
+            before,
+            chunk,
+            |c: &Commission| c.id,
+        ));
+    }
     let filter = commissions::Filter {
         partner_id: Some(id),
         before,
@@ -335,7 +368,7 @@ pub async fn commissions(
     };
     let rows = commissions::list(&state.db, filter, limit + 1).await?;
     let (items, next_cursor) = pagination::split(rows, limit, |c| c.id);
-    Ok(Json(CommissionPage { items, next_cursor }))
+    Ok(Json(CommissionPage { items, next_cursor }).into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -9,7 +9,12 @@
 //! illegal change with CM006, which is a 409 here. The JSON of a payout is
 //! built by `payout_json`, in SQL, like every amount on the wire.
 
-use axum::{extract::State, Extension};
+use axum::{
+    extract::State,
+    http::HeaderMap,
+    response::{IntoResponse, Response},
+    Extension,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -17,6 +22,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{
     error::{Error, Result},
+    export,
     extractor::{Caller, Json, Path, Query},
     idempotency::{self, Claim},
     money, pagination,
@@ -49,6 +55,47 @@ pub struct Payout {
     pub sent_at: Option<DateTime<Utc>>,
     pub paid_at: Option<DateTime<Utc>>,
     pub failed_at: Option<DateTime<Utc>>,
+}
+
+/// A payout as a CSV line: the provider's reference and the failure reason
+/// are text from outside, quoted against spreadsheet formulas.
+#[derive(Debug, Serialize)]
+struct PayoutLine {
+    id: i64,
+    partner_id: i64,
+    currency: String,
+    state: String,
+    amount: String,
+    approved_amount: String,
+    clawback_amount: String,
+    items: i64,
+    provider_reference: String,
+    failure_reason: String,
+    created_at: DateTime<Utc>,
+    sent_at: Option<DateTime<Utc>>,
+    paid_at: Option<DateTime<Utc>>,
+    failed_at: Option<DateTime<Utc>>,
+}
+
+impl From<Payout> for PayoutLine {
+    fn from(p: Payout) -> Self {
+        PayoutLine {
+            provider_reference: export::cell(p.provider_reference.as_deref()),
+            failure_reason: export::cell(p.failure_reason.as_deref()),
+            id: p.id,
+            partner_id: p.partner_id,
+            currency: p.currency,
+            state: p.state,
+            amount: p.amount,
+            approved_amount: p.approved_amount,
+            clawback_amount: p.clawback_amount,
+            items: p.items,
+            created_at: p.created_at,
+            sent_at: p.sent_at,
+            paid_at: p.paid_at,
+            failed_at: p.failed_at,
+        }
+    }
 }
 
 fn payout(json: Value) -> Result<Payout> {
@@ -118,6 +165,9 @@ pub struct PayoutQuery {
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<i64>,
+    /// `json` (default) or `csv`: every matching payout from `cursor` on,
+    /// streamed, for accounting (also with `Accept: text/csv`).
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -129,7 +179,8 @@ pub struct PayoutPage {
 
 /// Payouts, newest first, in keyset pages.
 #[utoipa::path(get, path = "/api/payouts", tag = "payouts", params(PayoutQuery),
-    responses((status = 200, body = PayoutPage), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
+    responses((status = 200, body = PayoutPage, description = "A page, or with format=csv (Accept: text/csv) every payout as text/csv"),
+              (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
               (status = 422, body = super::error::Problem)),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.claims().sub))]
@@ -137,14 +188,16 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<PayoutQuery>,
-) -> Result<Json<PayoutPage>> {
+    headers: HeaderMap,
+) -> Result<Response> {
     caller.require_admin()?;
-    Ok(Json(page(&state, query).await?))
+    answer(&state, query, &headers, "payouts.csv".into()).await
 }
 
 /// A partner's own payouts, newest first, in keyset pages.
 #[utoipa::path(get, path = "/api/partners/{id}/payouts", tag = "payouts", params(("id" = i64, Path), PayoutQuery),
-    responses((status = 200, body = PayoutPage), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
+    responses((status = 200, body = PayoutPage, description = "A page, or with format=csv (Accept: text/csv) every payout as text/csv"),
+              (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
               (status = 422, body = super::error::Problem)),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(caller = %caller.claims().sub, partner_id = id))]
@@ -153,7 +206,8 @@ pub async fn for_partner(
     caller: Caller,
     Path(id): Path<i64>,
     Query(query): Query<PayoutQuery>,
-) -> Result<Json<PayoutPage>> {
+    headers: HeaderMap,
+) -> Result<Response> {
     caller.require_partner_access(id)?;
     if query.partner_id.is_some_and(|p| p != id) {
         return Err(Error::Unprocessable(
@@ -164,10 +218,25 @@ pub async fn for_partner(
         partner_id: Some(id),
         ..query
     };
-    Ok(Json(page(&state, query).await?))
+    answer(&state, query, &headers, format!("payouts-partner-{id}.csv")).await
 }
 
-async fn page(state: &AppState, query: PayoutQuery) -> Result<PayoutPage> {
+/// Which payouts a list asks for, checked.
+#[derive(Clone)]
+struct Filter {
+    partner_id: Option<i64>,
+    currency: Option<String>,
+    state: Option<String>,
+}
+
+/// A page of JSON, or every matching payout as CSV.
+async fn answer(
+    state: &AppState,
+    query: PayoutQuery,
+    headers: &HeaderMap,
+    filename: String,
+) -> Result<Response> {
+    let format = export::Format::of(query.format.as_deref(), headers)?;
     let limit = pagination::limit(query.limit, 50, 100)?;
     let before = pagination::cursor(query.cursor)?;
     let currency = query
@@ -182,6 +251,39 @@ async fn page(state: &AppState, query: PayoutQuery) -> Result<PayoutPage> {
             )));
         }
     }
+    let filter = Filter {
+        partner_id: query.partner_id,
+        currency: currency.map(str::to_owned),
+        state: query.state,
+    };
+    if format == export::Format::Csv {
+        let db = state.db.clone();
+        let chunk = move |before, limit| {
+            let (db, filter) = (db.clone(), filter.clone());
+            async move {
+                let rows = read(&db, &filter, before, limit).await?;
+                Ok(rows.into_iter().map(PayoutLine::from).collect())
+            }
+        };
+        return Ok(export::stream_csv(
+            &filename,
+            before,
+            chunk,
+            |p: &PayoutLine| p.id,
+        ));
+    }
+    let rows = read(&state.db, &filter, before, limit + 1).await?;
+    let (items, next_cursor) = pagination::split(rows, limit, |p| p.id);
+    Ok(Json(PayoutPage { items, next_cursor }).into_response())
+}
+
+/// Up to `limit` payouts below the cursor, newest first.
+async fn read(
+    db: &sqlx::PgPool,
+    filter: &Filter,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Payout>> {
     let rows = sqlx::query_scalar!(
         r#"SELECT payout_json(o) AS "payout!" FROM payouts o
             WHERE ($1::bigint IS NULL OR o.partner_id = $1)
@@ -190,17 +292,15 @@ async fn page(state: &AppState, query: PayoutQuery) -> Result<PayoutPage> {
               AND ($4::bigint IS NULL OR o.id < $4)
             ORDER BY o.id DESC
             LIMIT $5"#,
-        query.partner_id,
-        currency,
-        query.state,
+        filter.partner_id,
+        filter.currency,
+        filter.state,
         before,
-        limit + 1
+        limit
     )
-    .fetch_all(&state.db)
+    .fetch_all(db)
     .await?;
-    let rows = rows.into_iter().map(payout).collect::<Result<Vec<_>>>()?;
-    let (items, next_cursor) = pagination::split(rows, limit, |p| p.id);
-    Ok(PayoutPage { items, next_cursor })
+    rows.into_iter().map(payout).collect()
 }
 
 /// The body of `sent` and `paid`.

@@ -8,6 +8,7 @@ mod helpers;
 mod auth;
 mod dashboard;
 mod engine;
+mod export;
 mod faults;
 mod idempotency;
 mod jwks;
