@@ -212,3 +212,37 @@ SELECT NULL, NULL,
  GROUP BY h.position
 HAVING h.position <> coalesce(max(e.position), 0);
 COMMENT ON VIEW commission_audit IS 'Every partner whose totals (earned, reversed, held, pending, approved, balance, in_payout, paid) disagree with the ledger and payouts, every payout whose amount is not its items, every approval that does not match its commission, every payment whose reversals disagree with its refunds and disputes, and every gap in an event sequence. Always empty (read it outside an open engine transaction: balances follow the ledger at commit); a row here is a bug to report.';
+
+CREATE OR REPLACE FUNCTION partner_daily_earnings(p_partner_id bigint, p_days integer)
+RETURNS TABLE (day date, currency char(3), earned text, reversed text, net text)
+LANGUAGE sql STABLE
+AS $$
+    -- Every day of the window (UTC), in every currency the partner has earned
+    -- in, with zeros where nothing happened: a chart needs the empty days.
+    WITH days AS (
+        SELECT d::date AS day
+          FROM generate_series((now() AT TIME ZONE 'UTC')::date - (p_days - 1),
+                               (now() AT TIME ZONE 'UTC')::date, interval '1 day') d
+    ), currencies AS (
+        SELECT DISTINCT c.currency FROM commissions c WHERE c.partner_id = p_partner_id
+    ), sums AS (
+        SELECT (c.created_at AT TIME ZONE 'UTC')::date AS day, c.currency,
+               coalesce(sum(c.amount) FILTER (WHERE c.kind = 'earned'), 0) AS earned,
+               coalesce(sum(c.amount) FILTER (WHERE c.kind = 'reversed'), 0)
+                 - coalesce(sum(c.amount) FILTER (WHERE c.kind = 'reinstated'), 0) AS reversed
+          FROM commissions c
+         WHERE c.partner_id = p_partner_id
+           AND c.created_at >= ((now() AT TIME ZONE 'UTC')::date - (p_days - 1)) AT TIME ZONE 'UTC'
+         GROUP BY 1, 2
+    )
+    SELECT d.day, cur.currency,
+           money_text(coalesce(s.earned, 0), cur.currency),
+           money_text(coalesce(s.reversed, 0), cur.currency),
+           money_text(coalesce(s.earned, 0) - coalesce(s.reversed, 0), cur.currency)
+      FROM days d
+     CROSS JOIN currencies cur
+      LEFT JOIN sums s ON s.day = d.day AND s.currency = cur.currency
+     ORDER BY cur.currency, d.day
+$$;
+COMMENT ON FUNCTION partner_daily_earnings(bigint, integer) IS
+    'A partner''s commissions per UTC day over the last p_days days, per currency: earned, reversed (net of reinstatements) and net = earned - reversed, as decimal strings with the currency''s minor units; days with nothing are zeros. Holds and approvals move no money between earned and reversed and are not counted. For the dashboard''s chart (GET /api/partners/{id}/earnings).';

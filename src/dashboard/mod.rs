@@ -25,7 +25,7 @@ const JS: &str = "text/javascript; charset=utf-8";
 
 /// The page's own scripts, styles and assets, by path. The client module's
 /// path is public and stable: integrators import it.
-const FILES: [(&str, &str, &str); 3] = [
+const FILES: [(&str, &str, &str); 5] = [
     (
         "/dashboard/dashboard.css",
         include_str!("assets/dashboard.css"),
@@ -40,6 +40,17 @@ const FILES: [(&str, &str, &str); 3] = [
         "/client/commissions-client.js",
         include_str!("assets/commissions-client.js"),
         JS,
+    ),
+    // The earnings chart: uPlot, vendored unchanged (assets/vendor/README.md).
+    (
+        "/dashboard/vendor/uPlot.esm.js",
+        include_str!("assets/vendor/uPlot.esm.js"),
+        JS,
+    ),
+    (
+        "/dashboard/vendor/uPlot.min.css",
+        include_str!("assets/vendor/uPlot.min.css"),
+        CSS,
     ),
 ];
 

@@ -93,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin_posts)
         .route("/api/partners/{id}", get(partners::show).patch(partners::update))
         .route("/api/partners/{id}/commissions", get(partners::commissions))
+        .route("/api/partners/{id}/earnings", get(partners::earnings))
         .route("/api/partners/{id}/events", get(partners::events))
         .route("/api/parked-events", get(parked::list))
         .route("/api/payouts", get(payouts::list))

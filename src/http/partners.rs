@@ -444,3 +444,77 @@ async fn require_partner(state: &AppState, id: i64) -> Result<()> {
         Err(Error::NotFound(format!("partner {id} does not exist")))
     }
 }
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EarningsQuery {
+    /// Days back from today (UTC), 1 to 366 (default 30).
+    pub days: Option<i64>,
+}
+
+/// One UTC day of a partner's commissions in one currency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EarningsDay {
+    #[schema(value_type = String, example = "2026-12-01")]
+    pub day: chrono::NaiveDate,
+    #[schema(example = "2.00")]
+    pub earned: String,
+    /// Reversed that day, net of reinstatements.
+    pub reversed: String,
+    /// earned - reversed.
+    pub net: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Earnings {
+    pub partner_id: i64,
+    pub days: i64,
+    /// Per currency, every day of the window oldest first (zeros included).
+    pub currencies: BTreeMap<String, Vec<EarningsDay>>,
+}
+
+/// The partner's commissions per day, for a chart (the rule is
+/// `partner_daily_earnings` in SQL).
+#[utoipa::path(get, path = "/api/partners/{id}/earnings", tag = "partners", params(("id" = i64, Path), EarningsQuery),
+    responses((status = 200, body = Earnings), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
+              (status = 404, body = super::error::Problem), (status = 422, body = super::error::Problem)),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(caller = %caller.claims().sub, partner_id = id))]
+pub async fn earnings(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    Query(query): Query<EarningsQuery>,
+) -> Result<Json<Earnings>> {
+    caller.require_partner_access(id)?;
+    let days = query.days.unwrap_or(30);
+    if !(1..=366).contains(&days) {
+        return Err(Error::Unprocessable("days must be from 1 to 366".into()));
+    }
+    require_partner(&state, id).await?;
+    let rows = sqlx::query!(
+        r#"SELECT day AS "day!", currency::text AS "currency!", earned AS "earned!", reversed AS "reversed!", net AS "net!"
+             FROM partner_daily_earnings($1, $2::int)"#,
+        id,
+        days as i32
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let mut currencies: BTreeMap<String, Vec<EarningsDay>> = BTreeMap::new();
+    for row in rows {
+        currencies
+            .entry(row.currency)
+            .or_default()
+            .push(EarningsDay {
+                day: row.day,
+                earned: row.earned,
+                reversed: row.reversed,
+                net: row.net,
+            });
+    }
+    Ok(Json(Earnings {
+        partner_id: id,
+        days,
+        currencies,
+    }))
+}

@@ -386,3 +386,56 @@ async fn notifications_list_and_mark_read_for_their_partner_only() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn earnings_per_day_are_the_ledgers_with_every_day_of_the_window() {
+    let app = crate::helpers::spawn_app().await;
+    let partner = create_partner(&app.db.pool, "Acme", None).await;
+    let other = create_partner(&app.db.pool, "Other", None).await;
+    let p1 = crate::helpers::create_payment(&app.db.pool, "100.00", "NGN", Some(partner)).await;
+    let p2 = crate::helpers::create_payment(&app.db.pool, "50.00", "NGN", Some(partner)).await;
+    sqlx::query("SELECT verify_payment($1), verify_payment($2), refund_payment($2, 25)")
+        .bind(p1)
+        .bind(p2)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let body = crate::callers::json(
+        app.get_as(
+            &crate::callers::partner_token(partner),
+            &format!("/api/partners/{partner}/earnings?days=7"),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let days = body["currencies"]["NGN"].as_array().unwrap();
+    assert_eq!(days.len(), 7, "every day, zeros included");
+    let today = days.last().unwrap();
+    // 2.00 + 1.00 earned, 0.50 of it reversed by the half refund.
+    assert_eq!(today["earned"], "3.00");
+    assert_eq!(today["reversed"], "0.50");
+    assert_eq!(today["net"], "2.50");
+    assert!(days[..6].iter().all(|d| d["net"] == "0.00"));
+
+    crate::callers::problem(
+        app.get_as(
+            &crate::callers::partner_token(other),
+            &format!("/api/partners/{partner}/earnings"),
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+    crate::callers::problem(
+        app.get_as(
+            &crate::callers::partner_token(partner),
+            &format!("/api/partners/{partner}/earnings?days=0"),
+        )
+        .await,
+        422,
+        "invalid-input",
+    )
+    .await;
+}

@@ -153,13 +153,15 @@ async function openDashboard(token, query = '') {
   // Toasts leave after a few seconds; count every one that was ever shown.
   await page.addInitScript(() => {
     window.__toasts = [];
+    window.__states = [];
     new MutationObserver((records) => {
       for (const record of records) {
         for (const node of record.addedNodes) {
           if (node.classList?.contains('toast')) window.__toasts.push(node.dataset.paymentId);
         }
+        if (record.type === 'attributes' && record.target.id === 'status') window.__states.push(record.target.dataset.state);
       }
-    }).observe(document, { childList: true, subtree: true });
+    }).observe(document, { childList: true, subtree: true, attributes: true, attributeFilter: ['data-state'] });
   });
   await page.goto(`${BASE}/?token=${token}${query}`);
   return page;
@@ -214,6 +216,10 @@ describe('the partner dashboard', () => {
     await startServer();
     await waitForState(page, 'live');
     await rowsFor(page, missed).waitFor(WAIT);
+    assert.ok(
+      (await page.evaluate(() => window.__states)).includes('replaying'),
+      'the indicator said it was replaying what was missed',
+    );
     await page.waitForFunction(
       ([id]) => document.querySelector(`.total[data-partner-id="${id}"][data-currency="NGN"] [data-field="earned"]`)?.textContent === '7.00',
       [partnerA],
@@ -296,6 +302,43 @@ describe('the partner dashboard', () => {
     assert.deepEqual(later.problems, []);
     await later.close();
     await page.close();
+  });
+
+  test('the inbox is live and read on one tab clears the others; the chart draws the earnings', async () => {
+    const created = await api('POST', '/api/partners', admin, { name: 'Inbox Partner' });
+    const partnerD = created.body.id;
+    const one = await openDashboard(partnerToken(partnerD));
+    const two = await openDashboard(partnerToken(partnerD));
+    await waitForState(one, 'live');
+    await waitForState(two, 'live');
+    const unread = (page) => page.locator('#unread').getAttribute('data-count');
+
+    const first = await verifyThroughApi(partnerD, '100.00');
+    const second = await verifyThroughApi(partnerD, '200.00');
+    for (const page of [one, two]) {
+      await page.waitForFunction(() => document.querySelector('#unread')?.dataset.count === '2', null, WAIT);
+      assert.equal(await page.locator('#inbox li.unread').count(), 2);
+    }
+    // Read on tab one: cleared on tab two without a reload.
+    await one.locator('#inbox li.unread button').first().click();
+    await two.waitForFunction(() => document.querySelector('#unread')?.dataset.count === '1', null, WAIT);
+    assert.equal(await unread(one), '1');
+    assert.equal(await two.locator('#inbox li.unread').count(), 1);
+    assert.equal(psql(`SELECT count(*) FROM notifications WHERE partner_id = ${partnerD} AND read_at IS NULL`), '1');
+
+    // The chart: today's point is the net of both commissions (2.00 + 4.00).
+    await one.waitForFunction(() => document.querySelector('#earnings')?.dataset.total === '60000', null, WAIT);
+    assert.equal(await one.locator('#earnings canvas').count(), 1);
+    assert.equal(await one.evaluate(() => window.earningsChart.data[1].length), 30);
+    await one.locator('.range[data-days="90"]').click();
+    await one.waitForFunction(() => window.earningsChart.data[1].length === 90, null, WAIT);
+    assert.equal(await one.locator('#earnings').getAttribute('data-total'), '60000');
+    await one.screenshot({ path: path.join(artifacts, '05-inbox-chart.png'), fullPage: true });
+    assert.ok(first && second);
+    assert.deepEqual(one.problems, []);
+    assert.deepEqual(two.problems, []);
+    await one.close();
+    await two.close();
   });
 
   test('an expired token puts the page offline instead of retrying', async () => {

@@ -8,17 +8,26 @@
 // server decides which partner's data a token may see.
 
 import { CommissionsClient, decodeTokenPayload } from '/client/commissions-client.js';
+import uPlot from '/dashboard/vendor/uPlot.esm.js';
 
 const FEED_LIMIT = 20;
 const TOAST_MS = 6000;
 const MAX_TOASTS = 4;
 const $ = (id) => document.getElementById(id);
-const STATE_LABELS = { connecting: 'Connecting', live: 'Live', reconnecting: 'Reconnecting', offline: 'Offline' };
+const STATE_LABELS = {
+  connecting: 'Connecting', live: 'Live', replaying: 'Replaying', reconnecting: 'Reconnecting', offline: 'Offline',
+};
+const INBOX_LIMIT = 20;
+// Tabs of this page tell each other what was read, so one tab's click
+// clears the notification on all of them.
+const inboxChannel = typeof BroadcastChannel === 'function' ? new BroadcastChannel('commissions-inbox') : null;
 
 const view = {
   rows: new Map(), // commission id -> <tr>, so a commission is listed once
   cards: new Map(), // "partner:currency" -> card element
   payouts: new Map(), // payout id -> <tr>, updated in place as its state moves
+  inbox: new Map(), // notification id -> <li>
+  chart: { days: 30, currency: null, data: null, plot: null },
 };
 const TOTAL_FIELDS = ['earned', 'pending', 'approved', 'balance', 'in_payout', 'paid', 'reversed', 'held'];
 
@@ -52,12 +61,23 @@ async function main() {
   }
 
   const client = new CommissionsClient({ token, since, partnerId: isAdmin ? partnerId : null });
-  client.addEventListener('state', (e) => setStatus(e.detail.state, e.detail.reason));
+  // While the server replays what this page missed, the indicator says so.
+  let replaying = 0;
+  client.addEventListener('state', (e) => {
+    replaying = 0;
+    setStatus(e.detail.state, e.detail.reason);
+  });
   client.addEventListener('ready', (e) => {
     const ready = e.detail;
     if (ready.totals && ready.partner_id !== undefined) applyTotals(ready.partner_id, ready.totals, false);
+    replaying = Number(ready.replay) || 0;
+    if (replaying > 0) setStatus('replaying', `catching up on ${replaying} missed event${replaying === 1 ? '' : 's'}`);
   });
-  client.addEventListener('event', (e) => onEvent(e.detail.event, e.detail.replayed));
+  client.addEventListener('event', (e) => {
+    onEvent(e.detail.event, e.detail.replayed);
+    if (partnerId !== null) afterEvent(token, partnerId);
+    if (replaying > 0 && --replaying === 0) setStatus('live', '');
+  });
   client.addEventListener('error', (e) => console.warn('commissions:', e.detail.code, e.detail.message));
   window.commissionsClient = client; // for the console and the end-to-end test
   client.start();
@@ -78,6 +98,8 @@ async function loadPartner(token, partnerId) {
     for (const item of items) addRow(rowFromCommission(item, partnerId), 'end', false);
     const payouts = await api(token, `/api/partners/${partnerId}/payouts?limit=${FEED_LIMIT}`);
     for (const payout of payouts.items || []) showPayout(payout, 'end', false);
+    setUpChart(token, partnerId);
+    setUpInbox(token);
     return Number.isSafeInteger(partner.last_seq) ? partner.last_seq : undefined;
   } catch (err) {
     // The socket's `ready` still brings the totals; only the history is missing.
@@ -86,8 +108,8 @@ async function loadPartner(token, partnerId) {
   }
 }
 
-async function api(token, path) {
-  const res = await fetch(path, { headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' } });
+async function api(token, path, method = 'GET') {
+  const res = await fetch(path, { method, headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' } });
   if (!res.ok) {
     let detail = `${res.status} ${res.statusText}`;
     try {
@@ -252,6 +274,159 @@ function addRow(row, where, highlight) {
   $('feed-empty').hidden = body.rows.length > 0;
   $('feed-count').textContent = `${body.rows.length} shown`;
   return true;
+}
+
+// ---- the earnings chart ----
+
+function setUpChart(token, partnerId) {
+  for (const button of document.querySelectorAll('.range')) {
+    button.addEventListener('click', () => {
+      view.chart.days = Number(button.dataset.days);
+      for (const b of document.querySelectorAll('.range')) b.setAttribute('aria-pressed', String(b === button));
+      void loadEarnings(token, partnerId);
+    });
+  }
+  $('earnings-currency').addEventListener('change', (e) => {
+    view.chart.currency = e.target.value;
+    drawChart();
+  });
+  void loadEarnings(token, partnerId);
+}
+
+async function loadEarnings(token, partnerId) {
+  try {
+    view.chart.data = await api(token, `/api/partners/${partnerId}/earnings?days=${view.chart.days}`);
+  } catch (err) {
+    console.warn('commissions: earnings', err.message);
+    return;
+  }
+  const currencies = Object.keys(view.chart.data.currencies || {});
+  const select = $('earnings-currency');
+  if (select.options.length !== currencies.length) {
+    select.replaceChildren(...currencies.map((c) => new Option(c, c)));
+  }
+  if (!currencies.includes(view.chart.currency)) view.chart.currency = currencies[0] ?? null;
+  select.value = view.chart.currency ?? '';
+  drawChart();
+}
+
+/** The chart of one currency's net earnings per day; uPlot draws, we only hand it the server's numbers. */
+function drawChart() {
+  const days = view.chart.data?.currencies?.[view.chart.currency] || [];
+  const hasMoney = days.some((d) => Number(d.net) !== 0);
+  $('earnings-empty').hidden = hasMoney;
+  // A chart needs numbers: the decimal strings become floats for drawing
+  // only; every figure shown as text is the server's string.
+  const data = [
+    days.map((d) => Date.parse(`${d.day}T00:00:00Z`) / 1000),
+    days.map((d) => Number(d.net)),
+  ];
+  const box = $('earnings');
+  if (!view.chart.plot) {
+    view.chart.plot = new uPlot({
+      width: Math.max(320, box.clientWidth || 640),
+      height: 200,
+      scales: { x: { time: true } },
+      axes: [{}, { values: (_, ticks) => ticks.map((t) => t.toLocaleString()) }],
+      series: [{}, { label: view.chart.currency || '', stroke: '#4f46e5', fill: 'rgba(79, 70, 229, .08)', width: 2 }],
+    }, data, box);
+    window.earningsChart = view.chart.plot; // for the console and the end-to-end test
+  } else {
+    view.chart.plot.setData(data);
+  }
+  box.dataset.currency = view.chart.currency || '';
+  box.dataset.days = String(days.length);
+  box.dataset.total = days.reduce((sum, d) => sum + Math.round(Number(d.net) * 10000), 0).toString();
+}
+
+// ---- the inbox ----
+
+function setUpInbox(token) {
+  inboxChannel?.addEventListener('message', (e) => {
+    if (e.data?.read !== undefined) markShownRead(e.data.read, e.data.read_at);
+  });
+  void loadInbox(token);
+}
+
+async function loadInbox(token) {
+  let page;
+  try {
+    page = await api(token, `/api/notifications?limit=${INBOX_LIMIT}`);
+  } catch (err) {
+    console.warn('commissions: notifications', err.message);
+    return;
+  }
+  // Oldest first, each prepended: the newest ends on top.
+  for (const n of [...(page.items || [])].reverse()) showNotification(token, n);
+  const unread = await api(token, '/api/notifications?unread=true&limit=100').catch(() => null);
+  if (unread) setUnread(unread.items.length, unread.next_cursor !== null);
+}
+
+function showNotification(token, n) {
+  const key = String(n.id);
+  let li = view.inbox.get(key);
+  if (!li) {
+    li = document.createElement('li');
+    li.dataset.notificationId = key;
+    const text = document.createElement('div');
+    text.className = 'text';
+    const title = document.createElement('strong');
+    title.textContent = n.title;
+    const body = document.createElement('span');
+    body.textContent = `${n.body} · ${formatTime(n.created_at)}`;
+    text.append(title, body);
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.textContent = 'Mark read';
+    button.addEventListener('click', () => void markRead(token, n.id));
+    li.append(text, button);
+    $('inbox').prepend(li);
+    view.inbox.set(key, li);
+    while (view.inbox.size > INBOX_LIMIT) {
+      const last = $('inbox').lastElementChild;
+      view.inbox.delete(last.dataset.notificationId);
+      last.remove();
+    }
+  }
+  li.classList.toggle('unread', !n.read_at);
+  $('inbox-empty').hidden = view.inbox.size > 0;
+}
+
+async function markRead(token, id) {
+  try {
+    const read = await api(token, `/api/notifications/${id}/read`, 'POST');
+    markShownRead(id, read.read_at);
+    inboxChannel?.postMessage({ read: id, read_at: read.read_at });
+  } catch (err) {
+    showBanner(`Could not mark the notification read: ${err.message}`);
+  }
+}
+
+function markShownRead(id, readAt) {
+  const li = view.inbox.get(String(id));
+  if (li?.classList.contains('unread')) {
+    li.classList.remove('unread');
+    const badge = $('unread');
+    setUnread(Math.max(0, Number(badge.dataset.count) - 1), false);
+  }
+  void readAt;
+}
+
+function setUnread(count, more) {
+  const badge = $('unread');
+  badge.dataset.count = String(count);
+  badge.textContent = more ? `${count}+` : String(count);
+  badge.hidden = count === 0;
+}
+
+/** A live event: its notification is new and unread, and the chart moved. Coalesced: a burst reads once. */
+let refreshTimer = null;
+function afterEvent(token, partnerId) {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(async () => {
+    await loadInbox(token);
+    await loadEarnings(token, partnerId);
+  }, 250);
 }
 
 /** Writes totals ({"NGN": {earned, pending, approved, balance, ...}}) into the cards, in place. */
