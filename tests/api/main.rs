@@ -14,6 +14,7 @@ mod jwks;
 mod lifecycle;
 mod locks;
 mod migrate;
+mod partner_webhooks;
 mod partners;
 mod payments;
 mod poison;

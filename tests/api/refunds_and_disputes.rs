@@ -940,5 +940,8 @@ async fn a_parked_backlog_is_reapplied_in_bounded_calls_that_take_turns() {
     )
     .await;
     // The events are the late partner's: the audit, not the watched sockets.
-    assert_eq!(w.app.count("SELECT count(*) FROM commission_audit").await, 0);
+    assert_eq!(
+        w.app.count("SELECT count(*) FROM commission_audit").await,
+        0
+    );
 }
