@@ -329,30 +329,21 @@ async fn commissions(app: &TestApp, partner: i64, n: usize) {
     }
 }
 
+/// GET as the partner, expecting 200.
+async fn read(app: &TestApp, partner: i64, path: &str) -> Value {
+    json(app.get_as(&partner_token(partner), path).await, 200).await
+}
+
 async fn attempts(app: &TestApp, partner: i64, endpoint: i64) -> Vec<Value> {
-    let page = json(
-        app.get_as(
-            &partner_token(partner),
-            &format!("/api/partners/{partner}/webhooks/{endpoint}/attempts?limit=200"),
-        )
-        .await,
-        200,
-    )
-    .await;
-    page["items"].as_array().unwrap().clone()
+    let path = format!("/api/partners/{partner}/webhooks/{endpoint}/attempts?limit=200");
+    read(app, partner, &path).await["items"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 async fn endpoint_state(app: &TestApp, partner: i64) -> Value {
-    let list = json(
-        app.get_as(
-            &partner_token(partner),
-            &format!("/api/partners/{partner}/webhooks"),
-        )
-        .await,
-        200,
-    )
-    .await;
-    list["items"][0].clone()
+    read(app, partner, &format!("/api/partners/{partner}/webhooks")).await["items"][0].clone()
 }
 
 async fn audit_is_empty(app: &TestApp) {
@@ -372,13 +363,10 @@ async fn deliveries_are_signed_per_standard_webhooks_with_the_sockets_json() {
     let deliveries = receiver.check(1, 3);
 
     // The body is the event exactly as the socket and the REST log send it.
-    let log = json(
-        app.get_as(
-            &partner_token(partner),
-            &format!("/api/partners/{partner}/events?since=0"),
-        )
-        .await,
-        200,
+    let log = read(
+        &app,
+        partner,
+        &format!("/api/partners/{partner}/events?since=0"),
     )
     .await;
     for (delivery, event) in deliveries.iter().zip(log["events"].as_array().unwrap()) {
