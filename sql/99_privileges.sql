@@ -14,8 +14,9 @@
 --   * commissions_service reads everything, may execute the entry points in
 --     v_service, and writes one table itself: idempotency_keys (its replay
 --     cache of HTTP responses; no money).
---   * commissions_readonly reads everything and may execute nothing that
---     writes.
+--   * commissions_readonly reads everything but the partners' webhook
+--     signing secrets (partner_webhook_secrets), and may execute nothing
+--     that writes.
 --
 -- A new function that writes must be added to v_definer (and to v_service if
 -- the service calls it); tests/api/roles.rs checks the service can do its
@@ -33,7 +34,10 @@ DECLARE
         'apply_webhook_event', 'record_rejected_webhook_event', 'reapply_parked_events',
         -- The lifecycle (08_lifecycle.sql): the approval timer, payouts, hold periods.
         'approve_due_commissions', 'create_payouts', 'change_payout_state', 'mark_payout_sent',
-        'mark_payout_paid', 'mark_payout_failed', 'set_partner_hold_days'];
+        'mark_payout_paid', 'mark_payout_failed', 'set_partner_hold_days',
+        -- Outbound partner webhooks (09_partner_webhooks.sql): registration and the sender.
+        'register_partner_webhook', 'disable_partner_webhook', 'lease_partner_webhooks',
+        'record_partner_webhook_attempt', 'release_partner_webhook'];
     v_definer   text[] := v_triggers || v_service;
     v_object    record;
 BEGIN
@@ -119,5 +123,8 @@ BEGIN
     EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA %I FROM PUBLIC, commissions_service, commissions_readonly', v_schema);
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO commissions_service, commissions_readonly', v_schema);
     GRANT INSERT, UPDATE, DELETE ON idempotency_keys TO commissions_service;
+    -- A DBA's read-only login needs no partner's signing secret; the service
+    -- signs with them (it reads them through lease_partner_webhooks).
+    REVOKE SELECT ON partner_webhook_secrets FROM commissions_readonly;
 END
 $$;

@@ -141,6 +141,39 @@ pub struct ServeConfig {
     pub realtime: RealtimeConfig,
     #[command(flatten)]
     pub identity_provider: IdentityProviderConfig,
+    #[command(flatten)]
+    pub partner_webhooks: PartnerWebhooksConfig,
+}
+
+/// Outbound partner webhooks: how this node sends (see `src/partner_webhooks/`).
+#[derive(Debug, Clone, Args)]
+pub struct PartnerWebhooksConfig {
+    /// How often the node looks for endpoints with events to send, in milliseconds
+    /// (also the longest an event waits for its first POST). 0: this node sends none.
+    #[arg(long, env = "PARTNER_WEBHOOKS_POLL_MS", default_value_t = 1_000)]
+    pub partner_webhooks_poll_ms: u64,
+    /// How long one POST may take before it counts as failed, in milliseconds. An
+    /// endpoint's lease is three times this, so a POST always ends within its lease.
+    #[arg(long, env = "PARTNER_WEBHOOKS_TIMEOUT_MS", default_value_t = 10_000)]
+    pub partner_webhooks_timeout_ms: u64,
+    /// The first retry's delay after a failed POST, in milliseconds; it doubles
+    /// with each failure of the same event, up to PARTNER_WEBHOOKS_RETRY_CAP_MS.
+    #[arg(long, env = "PARTNER_WEBHOOKS_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub partner_webhooks_retry_base_ms: u64,
+    /// The longest delay between two retries, in milliseconds.
+    #[arg(long, env = "PARTNER_WEBHOOKS_RETRY_CAP_MS", default_value_t = 600_000)]
+    pub partner_webhooks_retry_cap_ms: u64,
+    /// Endpoints this node sends to at once.
+    #[arg(long, env = "PARTNER_WEBHOOKS_CONCURRENCY", default_value_t = 16)]
+    pub partner_webhooks_concurrency: usize,
+    /// Accept `http://` endpoints on loopback addresses (127.0.0.0/8, ::1, localhost),
+    /// and send to them: for local development and tests, never in production.
+    #[arg(
+        long,
+        env = "PARTNER_WEBHOOKS_ALLOW_HTTP_LOOPBACK",
+        default_value_t = false
+    )]
+    pub partner_webhooks_allow_http_loopback: bool,
 }
 
 /// Tokens from an identity provider (Auth0, Clerk, Supabase, Keycloak):

@@ -22,6 +22,8 @@ pub mod demo;
 pub mod events;
 /// REST endpoints, webhooks and the problem+json error mapping.
 pub mod http;
+/// Outbound partner webhooks: each partner's events POSTed to its endpoints, signed, in order, at least once.
+pub mod partner_webhooks;
 /// LISTEN, the rooms and the WebSocket: each committed event to every socket allowed to see it, once.
 pub mod realtime;
 /// Builds the app from config and binds it, so tests run the real server on port 0.

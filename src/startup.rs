@@ -85,6 +85,11 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let relay = self.state.relay.clone();
+        let partner_webhooks = crate::partner_webhooks::spawn(
+            self.state.db.clone(),
+            &self.state.config.partner_webhooks,
+        )
+        .context("cannot start the partner webhook sender")?;
         let approvals = crate::approvals::spawn(
             self.state.db.clone(),
             Duration::from_secs(self.state.config.approval_interval_secs),
@@ -123,6 +128,9 @@ impl Application {
         }
         if let Some(approvals) = approvals {
             approvals.abort();
+        }
+        if let Some(partner_webhooks) = partner_webhooks {
+            partner_webhooks.abort();
         }
         served
     }

@@ -43,6 +43,10 @@ pub const ENGINE_SQL: &[(&str, &str)] = &[
         "08_lifecycle.sql",
         include_str!("../../sql/08_lifecycle.sql"),
     ),
+    (
+        "09_partner_webhooks.sql",
+        include_str!("../../sql/09_partner_webhooks.sql"),
+    ),
     // Last: it sets the owner and the privileges of everything above.
     (
         "99_privileges.sql",

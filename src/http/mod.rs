@@ -31,6 +31,8 @@ pub mod openapi;
 mod pagination;
 /// `/api/parked-events`: provider events waiting for their payment, partner or currency.
 mod parked;
+/// `/api/partners/{id}/webhooks/...`: a partner's outbound webhook endpoints and their delivery log.
+mod partner_webhooks;
 /// `/api/partners/...`: partners, their ledger and event log.
 mod partners;
 /// `/api/payments/...`: record, verify and refund by hand.
@@ -49,7 +51,7 @@ use axum::{
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post},
     Router,
 };
 use tower_http::{
@@ -95,6 +97,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/partners/{id}/commissions", get(partners::commissions))
         .route("/api/partners/{id}/earnings", get(partners::earnings))
         .route("/api/partners/{id}/events", get(partners::events))
+        .route(
+            "/api/partners/{id}/webhooks",
+            get(partner_webhooks::list).post(partner_webhooks::register),
+        )
+        .route(
+            "/api/partners/{id}/webhooks/{endpoint_id}",
+            delete(partner_webhooks::disable),
+        )
+        .route(
+            "/api/partners/{id}/webhooks/{endpoint_id}/attempts",
+            get(partner_webhooks::attempts),
+        )
         .route("/api/parked-events", get(parked::list))
         .route("/api/payouts", get(payouts::list))
         .route("/api/partners/{id}/payouts", get(payouts::for_partner))

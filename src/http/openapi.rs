@@ -8,8 +8,8 @@ use utoipa::{
 };
 
 use super::{
-    commissions, error, health, metrics, notifications, parked, partners, payments, payouts,
-    webhooks,
+    commissions, error, health, metrics, notifications, parked, partner_webhooks, partners,
+    payments, payouts, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -19,6 +19,7 @@ use super::{
         partners::create, partners::show, partners::update, partners::commissions, partners::events, partners::earnings,
         payments::create, payments::verify, payments::refund,
         payouts::run, payouts::list, payouts::for_partner, payouts::sent, payouts::paid, payouts::failed,
+        partner_webhooks::register, partner_webhooks::list, partner_webhooks::disable, partner_webhooks::attempts,
         notifications::list, notifications::mark_read,
         webhooks::stripe::receive, webhooks::paystack::receive, parked::list, parked::reapply,
         health::healthz, health::readyz, metrics::render, document,

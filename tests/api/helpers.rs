@@ -5,7 +5,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use commissions::{
     config::{
-        DatabaseConfig, IdentityProviderConfig, ListenMode, RealtimeConfig, Secret, ServeConfig,
+        DatabaseConfig, IdentityProviderConfig, ListenMode, PartnerWebhooksConfig, RealtimeConfig,
+        Secret, ServeConfig,
     },
     db,
     startup::Application,
@@ -213,6 +214,15 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
             jwt_issuer: None,
             jwt_audience: None,
             jwks_min_refresh_ms: 5_000,
+        },
+        // Short timers: a test waits for deliveries, never for the defaults.
+        partner_webhooks: PartnerWebhooksConfig {
+            partner_webhooks_poll_ms: 250,
+            partner_webhooks_timeout_ms: 2_000,
+            partner_webhooks_retry_base_ms: 50,
+            partner_webhooks_retry_cap_ms: 400,
+            partner_webhooks_concurrency: 4,
+            partner_webhooks_allow_http_loopback: true,
         },
     }
 }

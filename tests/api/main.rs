@@ -15,6 +15,7 @@ mod jwks;
 mod lifecycle;
 mod locks;
 mod migrate;
+mod partner_webhooks;
 mod partners;
 mod payments;
 mod poison;

@@ -148,7 +148,9 @@ async fn the_dba_role_reads_every_table_and_view_and_changes_nothing() {
     let relations: Vec<String> = dba
         .query(
             "SELECT format('%I', table_name) FROM information_schema.tables
-              WHERE table_schema = current_schema() AND table_name <> 'refinery_schema_history'",
+              WHERE table_schema = current_schema() AND table_name <> 'refinery_schema_history'
+                -- The partners' signing secrets: refused, below.
+                AND table_name <> 'partner_webhook_secrets'",
             &[],
         )
         .await
@@ -164,6 +166,12 @@ async fn the_dba_role_reads_every_table_and_view_and_changes_nothing() {
     }
 
     let mut statements = ledger_writes(partner, payment);
+    // No partner's webhook signing secret, nor a way to register or lease one.
+    statements.extend([
+        "SELECT * FROM partner_webhook_secrets".into(),
+        format!("SELECT register_partner_webhook({partner}, 'https://hooks.example.com/', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw')"),
+        "SELECT * FROM lease_partner_webhooks('1 minute', 10)".into(),
+    ]);
     // Nor may a DBA call what the service calls: each would change money.
     statements.extend([
         format!("SELECT verify_payment({payment})"),
