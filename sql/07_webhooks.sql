@@ -128,7 +128,10 @@ BEGIN
         RETURN v_customer.partner_id;
     END IF;
     SELECT p.recurring_months INTO v_months FROM partners p WHERE p.id = v_customer.partner_id;
-    IF v_months IS NULL OR p_paid_at < v_customer.first_paid_at + make_interval(months => v_months) THEN
+    -- Within [first, first + months): a payment dated before the customer's
+    -- first attributed one is not in the window either.
+    IF p_paid_at >= v_customer.first_paid_at
+       AND (v_months IS NULL OR p_paid_at < v_customer.first_paid_at + make_interval(months => v_months)) THEN
         RETURN v_customer.partner_id;
     END IF;
     RETURN NULL;
@@ -165,6 +168,13 @@ BEGIN
         END IF;
         IF v_payment.id IS NOT NULL THEN
             v_payment_id := v_payment.id;
+            -- The payment came first with nothing naming its partner (its
+            -- payment intent's own event): this one still attributes the
+            -- customer, so its later payments earn.
+            IF e.partner_id IS NOT NULL AND e.customer_id IS NOT NULL THEN
+                PERFORM attribute_payment(e.provider, e.customer_id, e.partner_id,
+                                          coalesce(e.occurred_at, e.received_at), e.reference);
+            END IF;
             v_outcome := CASE v_payment.status
                              WHEN 'pending'  THEN 'verified'
                              WHEN 'failed'   THEN 'illegal_transition'
@@ -339,6 +349,24 @@ $$;
 COMMENT ON FUNCTION apply_parked_events(text, text) IS
     'Engine internals: applies the refunds and disputes parked for one provider reference (called by the engine, with the payment''s row locked, when that payment is verified). Returns how many applied.';
 
+CREATE OR REPLACE FUNCTION next_parked_events(p_provider text, p_event_id text, p_limit integer)
+RETURNS TABLE (provider text, event_id text, reference text)
+LANGUAGE sql STABLE
+AS $$
+    SELECT w.provider, w.event_id, w.reference FROM webhook_events w
+     WHERE w.outcome = 'parked'
+       AND (p_provider IS NULL OR w.provider = p_provider)
+       AND (p_event_id IS NULL OR w.event_id = p_event_id)
+     -- Those tried longest ago first, so that calls with a limit take turns
+     -- through a backlog instead of retrying its head; then payments first,
+     -- so that their refunds and disputes find them.
+     ORDER BY w.reapplied_at NULLS FIRST, (w.action = 'verify') DESC,
+              w.occurred_at NULLS LAST, w.received_at, w.event_id
+     LIMIT p_limit
+$$;
+COMMENT ON FUNCTION next_parked_events(text, text, integer) IS
+    'The parked events reapply_parked_events tries next, in its order (at most p_limit; NULL filters match all). The API re-applies them one transaction each.';
+
 -- p_limit became the third argument; the old two-argument version would
 -- make calls ambiguous.
 DROP FUNCTION IF EXISTS reapply_parked_events(text, text);
@@ -357,35 +385,33 @@ BEGIN
     -- One re-apply at a time: each takes several references' locks in the
     -- order of its events, and two at once could take them crosswise.
     PERFORM pg_advisory_xact_lock(7164946332151808202);
-    FOR k IN
-        SELECT w.provider, w.event_id, w.reference FROM webhook_events w
-         WHERE w.outcome = 'parked'
-           AND (p_provider IS NULL OR w.provider = p_provider)
-           AND (p_event_id IS NULL OR w.event_id = p_event_id)
-         -- Those tried longest ago first, so that calls with a limit take
-         -- turns through a backlog instead of retrying its head; then
-         -- payments first, so that their refunds and disputes find them.
-         ORDER BY w.reapplied_at NULLS FIRST, (w.action = 'verify') DESC,
-                  w.occurred_at NULLS LAST, w.received_at, w.event_id
-         LIMIT p_limit
+    FOR k IN SELECT * FROM next_parked_events(p_provider, p_event_id, p_limit)
     LOOP
         -- In the lock order (reference, payment, event). Applying one event may
         -- already have applied others (a payment takes its parked refunds with
         -- it): take each only while it is still parked.
-        IF k.reference IS NOT NULL THEN
-            PERFORM provider_reference_lock(k.provider, k.reference);
-            PERFORM 1 FROM payments p WHERE p.provider = k.provider AND p.provider_reference = k.reference FOR UPDATE;
-        END IF;
-        PERFORM 1 FROM webhook_events w
-          WHERE w.provider = k.provider AND w.event_id = k.event_id AND w.outcome = 'parked'
-            FOR UPDATE;
-        IF FOUND THEN
-            e := apply_stored_event(k.provider, k.event_id);
-            UPDATE webhook_events w SET reapplied_at = now()
-             WHERE w.provider = k.provider AND w.event_id = k.event_id;
-        ELSE
-            SELECT * INTO e FROM webhook_events w WHERE w.provider = k.provider AND w.event_id = k.event_id;
-        END IF;
+        BEGIN
+            IF k.reference IS NOT NULL THEN
+                PERFORM provider_reference_lock(k.provider, k.reference);
+                PERFORM 1 FROM payments p WHERE p.provider = k.provider AND p.provider_reference = k.reference FOR UPDATE;
+            END IF;
+            PERFORM 1 FROM webhook_events w
+              WHERE w.provider = k.provider AND w.event_id = k.event_id AND w.outcome = 'parked'
+                FOR UPDATE;
+            IF FOUND THEN
+                e := apply_stored_event(k.provider, k.event_id);
+                UPDATE webhook_events w SET reapplied_at = now()
+                 WHERE w.provider = k.provider AND w.event_id = k.event_id;
+            END IF;
+        EXCEPTION WHEN deadlock_detected THEN
+            -- Several events in one transaction hold the locks of the ones
+            -- before while taking the next one's: against a webhook or a
+            -- payout run that takes them the other way round, PostgreSQL may
+            -- pick this event to break the cycle. Its locks are let go with
+            -- it and it stays parked, for the next call; the others go on.
+            NULL;
+        END;
+        SELECT * INTO e FROM webhook_events w WHERE w.provider = k.provider AND w.event_id = k.event_id;
         RETURN QUERY SELECT e.provider, e.event_id, e.event_type, e.outcome, e.parked_reason, e.payment_id;
     END LOOP;
 END

@@ -365,8 +365,9 @@ RETURNS SETOF payouts
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    g record;
-    v payouts;
+    g     record;
+    v     payouts;
+    v_ids bigint[];
 BEGIN
     IF p_now IS NULL THEN
         RAISE EXCEPTION 'create_payouts needs the time to pay up to, e.g. create_payouts(now())' USING ERRCODE = 'CM002';
@@ -376,12 +377,21 @@ BEGIN
     -- The payments' rows, as a refund takes them: a refund in progress
     -- finishes first (its reversal is netted in this payout); one that
     -- starts now waits, then sees the payout (its reversal is clawback).
-    PERFORM 1 FROM payments p
-      WHERE p.id IN (SELECT e.payment_id FROM payable_entries(p_now) e
-                      WHERE (p_partner_id IS NULL OR e.partner_id = p_partner_id)
-                        AND (p_currency IS NULL OR e.currency = p_currency))
-      ORDER BY p.id
-        FOR SHARE OF p;
+    -- The payout covers these payments only, and all of each one's payable
+    -- entries whenever they were written: a payment approved after this
+    -- point waits for the next run, and a reversal that committed while we
+    -- waited for the locks is netted, never left out while its approval is
+    -- paid (the next statement's snapshot sees it).
+    SELECT array_agg(l.id) INTO v_ids FROM (
+        SELECT p.id FROM payments p
+         WHERE p.id IN (SELECT e.payment_id FROM payable_entries(p_now) e
+                         WHERE (p_partner_id IS NULL OR e.partner_id = p_partner_id)
+                           AND (p_currency IS NULL OR e.currency = p_currency))
+         ORDER BY p.id
+           FOR SHARE OF p) l;
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
     -- One snapshot for all groups: each payout's amount is exactly its items.
     FOR g IN
         SELECT e.partner_id, e.currency, c.minor_units,
@@ -390,9 +400,10 @@ BEGIN
                -coalesce(sum(e.amount) FILTER (WHERE e.stage = 'paid'), 0) AS clawback_amount,
                array_agg(e.commission_id ORDER BY e.commission_id) AS ids,
                array_agg(e.amount ORDER BY e.commission_id) AS amounts
-          FROM payable_entries(p_now) e
+          FROM payable_entries('infinity') e
           JOIN currencies c ON c.code = e.currency
-         WHERE (p_partner_id IS NULL OR e.partner_id = p_partner_id)
+         WHERE e.payment_id = ANY (v_ids)
+           AND (p_partner_id IS NULL OR e.partner_id = p_partner_id)
            AND (p_currency IS NULL OR e.currency = p_currency)
          GROUP BY e.partner_id, e.currency, c.minor_units, c.payout_minimum
         HAVING sum(e.amount) >= c.payout_minimum

@@ -101,6 +101,9 @@ BEGIN
         END IF;
         IF v_object.proname = ANY (v_definer) THEN
             EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = %I, pg_temp', v_object.name, v_schema);
+            -- Dates and month arithmetic (hold periods, recurring windows) in
+            -- UTC, whatever the caller's session says.
+            EXECUTE format('ALTER FUNCTION %s SET TimeZone = %L', v_object.name, 'UTC');
             EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', v_object.name);
             IF v_object.proname = ANY (v_service) THEN
                 EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO commissions_service', v_object.name);

@@ -3,7 +3,7 @@
 //! The rules are the engine's (`reapply_parked_events` in sql/07_webhooks.sql);
 //! this only calls them.
 
-use axum::{extract::State, Extension};
+use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -11,7 +11,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::{
     error::{Error, Result},
     extractor::{Caller, Json, Query},
-    idempotency::{self, Claim},
 };
 use crate::state::AppState;
 
@@ -79,8 +78,8 @@ pub struct ReapplyReport {
     pub events: Vec<Reapplied>,
 }
 
-/// How many parked events one call tries: each call is one transaction under
-/// the node's statement timeout, so a large backlog takes several calls.
+/// How many parked events one call tries (each in a transaction of its own,
+/// in the lock order a webhook takes), so a large backlog takes several calls.
 const DEFAULT_REAPPLY_LIMIT: i32 = 500;
 const MAX_REAPPLY_LIMIT: i32 = 5_000;
 
@@ -103,7 +102,6 @@ pub struct ReapplyQuery {
 pub async fn reapply(
     State(state): State<AppState>,
     caller: Caller,
-    claim: Option<Extension<Claim>>,
     Query(query): Query<ReapplyQuery>,
 ) -> Result<Json<ReapplyReport>> {
     caller.require_admin()?;
@@ -113,23 +111,52 @@ pub async fn reapply(
             "limit must be from 1 to {MAX_REAPPLY_LIMIT}"
         )));
     }
-    let mut tx = state.db.begin().await?;
-    let events = sqlx::query_as!(
-        Reapplied,
-        r#"SELECT provider AS "provider!", event_id AS "event_id!", event_type AS "event_type!",
-                  outcome AS "outcome!", parked_reason, payment_id
-             FROM reapply_parked_events(NULL, NULL, $1)"#,
+    // One event per transaction: the locks one event takes (its reference,
+    // its payment, itself) are the order a webhook takes them in, so a
+    // re-apply never deadlocks with a webhook or a payout run by holding the
+    // locks of the events before. It needs no idempotency mark: it only
+    // touches events still parked, so running it again applies nothing twice.
+    let next = sqlx::query!(
+        r#"SELECT provider AS "provider!", event_id AS "event_id!" FROM next_parked_events(NULL, NULL, $1)"#,
         limit
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(&state.db)
     .await?;
+    let mut events = Vec::with_capacity(next.len());
+    for key in next {
+        let tried = sqlx::query_as!(
+            Reapplied,
+            r#"SELECT provider AS "provider!", event_id AS "event_id!", event_type AS "event_type!",
+                      outcome AS "outcome!", parked_reason, payment_id
+                 FROM reapply_parked_events($1, $2, 1)"#,
+            key.provider,
+            key.event_id
+        )
+        .fetch_optional(&state.db)
+        .await?;
+        // Not parked any more: an event before it took it along (a payment
+        // applies its parked refunds). Report what it is now.
+        let event = match tried {
+            Some(event) => event,
+            None => {
+                sqlx::query_as!(
+                    Reapplied,
+                    "SELECT provider, event_id, event_type, outcome, parked_reason, payment_id
+                       FROM webhook_events WHERE provider = $1 AND event_id = $2",
+                    key.provider,
+                    key.event_id
+                )
+                .fetch_one(&state.db)
+                .await?
+            }
+        };
+        events.push(event);
+    }
     let remaining = sqlx::query_scalar!(
         r#"SELECT count(*) AS "remaining!" FROM webhook_events WHERE outcome = 'parked'"#
     )
-    .fetch_one(&mut *tx)
+    .fetch_one(&state.db)
     .await?;
-    idempotency::mark_applied(&mut tx, claim.as_deref()).await?;
-    tx.commit().await?;
     let still_parked = events.iter().filter(|e| e.outcome == "parked").count();
     Ok(Json(ReapplyReport {
         applied: events.len() - still_parked,

@@ -741,3 +741,58 @@ async fn the_openapi_document_describes_payouts_and_the_lifecycle_totals() {
     }
     assert!(doc["components"]["schemas"]["Payout"].is_object());
 }
+
+/// Review: a payout run whose time came before a refund committed paid the
+/// refunded commission out (its reversal was written after `p_now`). A
+/// payout now covers all of each locked payment's payable entries.
+#[tokio::test]
+async fn a_refund_written_after_the_payout_time_is_netted_not_left_out() {
+    let db = crate::helpers::TestDatabase::new().await;
+    let partner = crate::helpers::create_partner(&db.pool, "Acme", Some("0.1")).await;
+    let client = db.connect().await;
+    client
+        .batch_execute(&format!(
+            "SELECT set_partner_hold_days({partner}, 0);
+             UPDATE currencies SET payout_minimum = 1 WHERE code = 'NGN';
+             SELECT verify_payment(record_payment(1000, 'NGN', {partner}));
+             SELECT verify_payment(record_payment(1000, 'NGN', {partner}));"
+        ))
+        .await
+        .unwrap();
+    let first: i64 = client
+        .query_one("SELECT min(id) FROM payments", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // The refund is written after the time the payout run is given.
+    client
+        .batch_execute(&format!(
+            "SELECT pg_sleep(1.2); SELECT refund_payment({first});"
+        ))
+        .await
+        .unwrap();
+    let amount: String = client
+        .query_one(
+            "SELECT money_text(amount, currency) FROM create_payouts(now() - interval '0.5 second')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        amount, "100.00",
+        "only the commission that was not refunded"
+    );
+    let audit: i64 = client
+        .query_one("SELECT count(*) FROM commission_audit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(audit, 0);
+    let totals: String = client
+        .query_one(&format!("SELECT partner_totals({partner})::text"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(totals.contains(r#""approved": "0.00""#), "{totals}");
+}

@@ -292,3 +292,83 @@ async fn recurring_months_comes_from_the_program_and_bad_values_are_refused() {
     assert_eq!(lifetime["recurring_months"], Value::Null);
     w.check_streams().await;
 }
+
+/// Review: the window had no lower bound (a payment dated before the first
+/// attributed one earned), and a payment already recorded without a partner
+/// never attributed its customer when an event naming the partner came.
+#[tokio::test]
+async fn the_window_starts_at_the_first_payment_and_a_late_naming_still_attributes() {
+    let db = crate::helpers::TestDatabase::new().await;
+    let partner = crate::helpers::create_partner(&db.pool, "Acme", None).await;
+    let client = db.connect().await;
+    let verify = |event: &str, reference: &str, partner: Option<i64>, at: &str| {
+        format!(
+            "SELECT outcome FROM apply_webhook_event('stripe', '{event}', 'payment_intent.succeeded', '{{}}', 'verify',
+                 '{reference}', 5000, 'usd', {}, NULL, NULL, '{at}', 'cus_w')",
+            partner.map_or("NULL".into(), |p| p.to_string())
+        )
+    };
+    let outcome = |sql: String| {
+        let client = &client;
+        async move {
+            client
+                .query_one(&sql, &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    client
+        .batch_execute(&format!(
+            "SELECT set_partner_recurring_months({partner}, 1)"
+        ))
+        .await
+        .unwrap();
+    // Recorded first with no partner: earns nobody.
+    assert_eq!(
+        outcome(verify("e1", "pi_a", None, "2024-06-10T00:00:00Z")).await,
+        "verified"
+    );
+    // The same payment named with its partner: already verified, but the
+    // customer is now attributed.
+    assert_eq!(
+        outcome(verify("e2", "pi_a", Some(partner), "2024-06-10T00:00:01Z")).await,
+        "already_verified"
+    );
+    let mapped: i64 = client
+        .query_one(
+            "SELECT count(*) FROM customers WHERE customer_id = 'cus_w'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mapped, 1);
+    // Within a month after: earns. Dated before the first: does not.
+    outcome(verify("e3", "pi_b", None, "2024-06-20T00:00:00Z")).await;
+    outcome(verify("e4", "pi_c", None, "2024-05-20T00:00:00Z")).await;
+    let earners: Vec<(String, Option<i64>)> = client
+        .query(
+            "SELECT provider_reference, partner_id FROM payments ORDER BY provider_reference",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        earners,
+        [
+            ("pi_a".to_string(), None),
+            ("pi_b".to_string(), Some(partner)),
+            ("pi_c".to_string(), None)
+        ]
+    );
+    let audit: i64 = client
+        .query_one("SELECT count(*) FROM commission_audit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(audit, 0);
+}
