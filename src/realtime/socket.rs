@@ -13,7 +13,7 @@
 //! so an idle socket costs one small task): it joins the room, sends
 //! `ready`, replays, then forwards live events with the cursor rule of
 //! [`super`]. It answers `{"type":"ping"}`, pings the peer, and closes with
-//! a code of the documented protocol (README, "The real-time stream") when the peer goes
+//! a code of the documented protocol (docs/stream.md) when the peer goes
 //! quiet (4002), the token expires (4001), the inbox overflows (4008), the
 //! peer sends something else than a ping (1003) or a frame over 4 KiB (1009),
 //! or the node shuts down (1001).

@@ -633,7 +633,7 @@ async fn the_readme_dba_queries_work() {
             .unwrap();
     }
     let client = db.connect().await;
-    // The same statements the README's DBA section shows.
+    // The same statements docs/dba.md shows.
     let rows = client
         .query("SELECT commission_id, kind, amount, currency, payment_id FROM commission_ledger WHERE partner_id = $1 ORDER BY commission_id DESC", &[&partner])
         .await

@@ -403,7 +403,7 @@ describe('a partner token at the socket (the page code cannot widen it)', () => 
   });
 });
 
-// The screenshot for the README, when asked for (tests/e2e/run --update-docs).
+// The screenshots for the docs, when asked for (tests/e2e/run --update-docs).
 after(() => {
   if (process.env.E2E_UPDATE_DOCS !== '1') return;
   for (const [shot, doc] of [['dashboard.png', 'dashboard.png'], ['04-lifecycle.png', 'dashboard-lifecycle.png']]) {

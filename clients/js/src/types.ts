@@ -1,6 +1,6 @@
 // The wire shapes of the commissions service, as its OpenAPI document
-// (`GET /openapi.json`) and the stream protocol (README, "The real-time
-// stream") describe them. Amounts are decimal strings with the currency's
+// (`GET /openapi.json`) and the stream protocol (docs/stream.md) describe
+// them. Amounts are decimal strings with the currency's
 // minor units; never convert them to numbers.
 
 /** A decimal string such as "2.00" (NGN), "25" (JPY) or "0.201" (KWD). */
