@@ -221,8 +221,11 @@ BEGIN
         END IF;
         RETURN NEW;
     END IF;
-    IF (NEW.id, NEW.partner_id, NEW.currency, NEW.amount, NEW.approved_amount, NEW.clawback_amount, NEW.minor_units, NEW.as_of, NEW.created_at)
-       IS DISTINCT FROM (OLD.id, OLD.partner_id, OLD.currency, OLD.amount, OLD.approved_amount, OLD.clawback_amount, OLD.minor_units, OLD.as_of, OLD.created_at) THEN
+    -- The times are the engine's too: each is set below, by the change it records.
+    IF (NEW.id, NEW.partner_id, NEW.currency, NEW.amount, NEW.approved_amount, NEW.clawback_amount, NEW.minor_units, NEW.as_of, NEW.created_at,
+        NEW.sent_at, NEW.paid_at, NEW.failed_at)
+       IS DISTINCT FROM (OLD.id, OLD.partner_id, OLD.currency, OLD.amount, OLD.approved_amount, OLD.clawback_amount, OLD.minor_units, OLD.as_of, OLD.created_at,
+        OLD.sent_at, OLD.paid_at, OLD.failed_at) THEN
         RAISE EXCEPTION 'payout %: only its state, provider reference and failure reason can change', OLD.id
             USING ERRCODE = 'CM003';
     END IF;
@@ -233,7 +236,7 @@ BEGIN
         END IF;
         RETURN NEW;
     END IF;
-    IF NOT payout_transition_allowed(OLD.state, NEW.state) THEN
+    IF NEW.state IS NULL OR NOT coalesce(payout_transition_allowed(OLD.state, NEW.state), false) THEN
         RAISE EXCEPTION 'illegal state change for payout %: % -> % (allowed: pending -> sent -> paid, pending or sent -> failed)',
             OLD.id, OLD.state, NEW.state USING ERRCODE = 'CM006';
     END IF;
