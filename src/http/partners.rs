@@ -24,7 +24,10 @@ use super::{
     money::Rate,
     pagination,
 };
-use crate::{events::EventLog, state::AppState};
+use crate::{
+    events::{Event, EventLog},
+    state::AppState,
+};
 
 /// A partner's totals in one currency, each a sum of the ledger that the
 /// audit view checks (docs/engine.md, "The lifecycle").
@@ -421,7 +424,7 @@ pub async fn events(
         .partner_since(id, since, limit)
         .await?
         .into_iter()
-        .map(|e| RawValue::from_string(e.json))
+        .map(Event::into_raw)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Internal(e.into()))?;
     Ok(Json(EventPage {
