@@ -419,18 +419,16 @@ async function act(page, form, values = {}, { answer, cancel = false } = {}) {
 /** Answers the open confirmation dialog; waits for the action's outcome and returns its text. */
 async function confirmAndRead(page, { answer, cancel = false } = {}) {
   await page.waitForSelector('#confirm[open]', WAIT);
+  const count = Number(await page.locator('#console-result').getAttribute('data-count') || 0);
   if (answer !== undefined) await page.fill('#confirm-input', answer);
   await page.click(cancel ? '#confirm [data-close="cancel"]' : '#confirm-ok');
   await page.waitForFunction(
-    () => ['ok', 'error', 'cancelled'].includes(document.querySelector('#console-result').dataset.outcome),
-    null,
+    (n) => Number(document.querySelector('#console-result').dataset.count || 0) > n,
+    count,
     WAIT,
   );
   const result = page.locator('#console-result');
-  const outcome = await result.getAttribute('data-outcome');
-  const text = await result.textContent();
-  await page.evaluate(() => { document.querySelector('#console-result').dataset.outcome = ''; });
-  return { outcome, text };
+  return { outcome: await result.getAttribute('data-outcome'), text: await result.textContent() };
 }
 
 const cardField = (page, partnerId, field) =>

@@ -122,9 +122,11 @@ function confirmAction(question, field) {
   });
 }
 
+/** The outcome of the last action; `data-count` counts them, so a reader can wait for the next. */
 function showResult(outcome, text) {
   const el = $('console-result');
   el.dataset.outcome = outcome;
+  el.dataset.count = String(Number(el.dataset.count || 0) + 1);
   el.textContent = text;
   el.hidden = false;
 }
@@ -136,7 +138,6 @@ async function run(question, action, field) {
     showResult('cancelled', 'Cancelled: nothing was sent.');
     return;
   }
-  $('console-result').dataset.outcome = 'running';
   try {
     showResult('ok', await action(value));
   } catch (err) {
