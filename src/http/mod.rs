@@ -98,6 +98,8 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .merge(admin_posts)
+        // The search is a read: outside the Idempotency-Key layer.
+        .route("/api/partners", get(partners::list))
         .route("/api/partners/{id}", get(partners::show).patch(partners::update))
         .route("/api/partners/{id}/commissions", get(partners::commissions))
         .route("/api/partners/{id}/earnings", get(partners::earnings))

@@ -16,7 +16,7 @@ use super::{
 #[openapi(
     info(title = "commissions", description = "Payments verified in PostgreSQL earn partner commissions, relayed live over WebSocket at /notifications."),
     paths(
-        partners::create, partners::show, partners::update, partners::commissions, partners::events, partners::earnings,
+        partners::create, partners::list, partners::show, partners::update, partners::commissions, partners::events, partners::earnings,
         payments::create, payments::verify, payments::refund,
         approvals::run, events::list,
         payouts::run, payouts::list, payouts::for_partner, payouts::sent, payouts::paid, payouts::failed,

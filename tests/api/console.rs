@@ -140,3 +140,57 @@ async fn an_approval_run_approves_what_is_due_once() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn partners_are_found_by_part_of_their_name_or_their_id() {
+    let app = spawn_app().await;
+    let ada = create_partner(&app.db.pool, "Ada Lovelace Media", Some("0.1")).await;
+    let grace = create_partner(&app.db.pool, "Grace Hopper 100%", None).await;
+    create_partner(&app.db.pool, "Other_Co", None).await;
+    verified(&app, ada, "100.00").await;
+    let admin = admin_token();
+    let ids = |page: &Value| -> Vec<i64> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_i64().unwrap())
+            .collect()
+    };
+
+    let found = json(app.get_as(&admin, "/api/partners?q=lovelace").await, 200).await;
+    assert_eq!(ids(&found), vec![ada]);
+    assert_eq!(found["items"][0]["totals"]["NGN"]["earned"], "10.00");
+    let by_id = json(
+        app.get_as(&admin, &format!("/api/partners?q={grace}"))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(ids(&by_id), vec![grace]);
+    // LIKE's wildcards are matched literally.
+    let percent = json(app.get_as(&admin, "/api/partners?q=100%25").await, 200).await;
+    assert_eq!(ids(&percent), vec![grace]);
+    let underscore = json(app.get_as(&admin, "/api/partners?q=r_c").await, 200).await;
+    assert_eq!(ids(&underscore).len(), 1, "only Other_Co: {underscore}");
+
+    // Every partner, newest first, in pages.
+    let first = json(app.get_as(&admin, "/api/partners?limit=2").await, 200).await;
+    assert_eq!(ids(&first).len(), 2);
+    let cursor = first["next_cursor"].as_i64().unwrap();
+    let rest = json(
+        app.get_as(&admin, &format!("/api/partners?limit=2&cursor={cursor}"))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(ids(&rest), vec![ada]);
+    assert_eq!(rest["next_cursor"], Value::Null);
+
+    problem(
+        app.get_as(&partner_token(ada), "/api/partners?q=a").await,
+        403,
+        "forbidden",
+    )
+    .await;
+}

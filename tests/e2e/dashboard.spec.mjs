@@ -482,6 +482,16 @@ describe('the operator console', () => {
     await page.fill('#partner-filter', '');
     assert.ok(await page.locator(`#feed tr:not([hidden])[data-partner-id="${partner}"]`).count() >= 4);
 
+    // A partner with no event on the page is found by the server's search, with its settings.
+    const quiet = (await api('POST', '/api/partners', admin, { name: 'Quiet Partner', hold_days: 7 })).body.id;
+    await page.fill('#partner-filter', 'quiet');
+    const found = page.locator(`#partner-results li[data-partner-id="${quiet}"]`);
+    await found.waitFor(WAIT);
+    assert.match(await found.textContent(), /^Quiet Partner \(#\d+\) · rate [\d.]+ · hold 7 days/);
+    assert.equal(await page.locator('#partner-results li').count(), 1);
+    await page.fill('#partner-filter', '');
+    assert.equal(await page.locator('#partner-results li').count(), 0);
+
     assert.deepEqual(page.problems, []);
     await page.close();
   });

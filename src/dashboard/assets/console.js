@@ -100,6 +100,45 @@ export function applyFilter() {
   }
 }
 
+/**
+ * The server's search for the filter's text (GET /api/partners?q=): it finds
+ * partners with no event on the page yet, lists them with their settings and
+ * gives each its totals cards. Coalesced: typing searches once it pauses.
+ */
+let searchTimer = null;
+function searchPartners(token, applyTotals) {
+  clearTimeout(searchTimer);
+  const q = $('partner-filter').value.trim();
+  if (!q) {
+    $('partner-results').replaceChildren();
+    return;
+  }
+  searchTimer = setTimeout(async () => {
+    let page;
+    try {
+      page = await call(token, 'GET', `/api/partners?q=${encodeURIComponent(q)}&limit=20`);
+    } catch (err) {
+      console.warn('commissions: partner search', err.message);
+      return;
+    }
+    if ($('partner-filter').value.trim() !== q) return; // a newer search is on its way
+    $('partner-results').replaceChildren(...page.items.map(partnerItem));
+    for (const partner of page.items) {
+      remember(partner);
+      applyTotals(partner.id, partner.totals || {}, false);
+    }
+    applyFilter();
+  }, 250);
+}
+
+function partnerItem(p) {
+  const li = document.createElement('li');
+  li.dataset.partnerId = String(p.id);
+  const months = p.recurring_months === null ? 'default' : String(p.recurring_months);
+  li.textContent = `${p.name} (#${p.id}) · rate ${p.commission_rate} · hold ${p.effective_hold_days} days · recurring months ${months}`;
+  return li;
+}
+
 // ---- actions ----
 
 /**
@@ -158,8 +197,11 @@ const int = (value) => (value === undefined ? undefined : Number(value));
 const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
 
 /** The actions panel: each form asks for confirmation, then calls the API. */
-export function setUpConsole(token, { money, showPayout }) {
-  $('partner-filter').addEventListener('input', applyFilter);
+export function setUpConsole(token, { money, showPayout, applyTotals }) {
+  $('partner-filter').addEventListener('input', () => {
+    applyFilter();
+    searchPartners(token, applyTotals);
+  });
   for (const button of document.querySelectorAll('#confirm [data-close]')) {
     button.addEventListener('click', () => $('confirm').close(button.dataset.close));
   }

@@ -121,7 +121,7 @@ async function loadPartner(token, partnerId) {
  * the stream resumes after, so the history and the stream meet with no gap.
  */
 async function loadConsole(token) {
-  operator.setUpConsole(token, { money, showPayout });
+  operator.setUpConsole(token, { money, showPayout, applyTotals });
   try {
     const history = await operator.loadHistory(token);
     for (const event of history.events) onEvent(event, true, true);
