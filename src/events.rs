@@ -17,6 +17,13 @@ pub struct Event {
     pub json: String,
 }
 
+impl Event {
+    /// The wire JSON as is, for a REST page to embed without re-encoding it.
+    pub fn into_raw(self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
+        serde_json::value::RawValue::from_string(self.json)
+    }
+}
+
 /// The longest page one read returns; callers loop for more.
 pub const MAX_PAGE: i64 = 10_000;
 
@@ -62,6 +69,22 @@ impl EventLog {
                 ORDER BY position
                 LIMIT $2"#,
             since,
+            limit.clamp(1, MAX_PAGE)
+        )
+        .fetch_all(&self.db)
+        .await
+    }
+
+    /// Every partner's events with `position < before`, newest first, at most `limit`.
+    pub async fn all_before(&self, before: i64, limit: i64) -> Result<Vec<Event>, sqlx::Error> {
+        sqlx::query_as!(
+            Event,
+            r#"SELECT partner_id, seq, position, commission_event_json(e)::text AS "json!"
+                 FROM commission_events e
+                WHERE position < $1
+                ORDER BY position DESC
+                LIMIT $2"#,
+            before,
             limit.clamp(1, MAX_PAGE)
         )
         .fetch_all(&self.db)

@@ -25,7 +25,7 @@ const JS: &str = "text/javascript; charset=utf-8";
 
 /// The page's own scripts, styles and assets, by path. The client module's
 /// path is public and stable: integrators import it.
-const FILES: [(&str, &str, &str); 5] = [
+const FILES: [(&str, &str, &str); 6] = [
     (
         "/dashboard/dashboard.css",
         include_str!("assets/dashboard.css"),
@@ -34,6 +34,12 @@ const FILES: [(&str, &str, &str); 5] = [
     (
         "/dashboard/dashboard.js",
         include_str!("assets/dashboard.js"),
+        JS,
+    ),
+    // The operator console: the admin room's history, filter and actions.
+    (
+        "/dashboard/console.js",
+        include_str!("assets/console.js"),
         JS,
     ),
     (

@@ -7,10 +7,14 @@
 //! limit (a declared Content-Length over it is refused before reading; a
 //! streamed body is cut off at it).
 
+/// `/api/approvals/run`: approve what is due now, on demand.
+mod approvals;
 /// Ledger entries as the API shows them.
 mod commissions;
 /// The error type and its problem+json mapping.
 pub mod error;
+/// `/api/events`: every partner's event log, newest first (admins).
+mod events;
 /// CSV exports of the lists (`?format=csv`), streamed.
 mod export;
 /// The authenticated caller and problem-speaking JSON, query and path extractors.
@@ -83,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/payments/{id}/refund", post(payments::refund))
         .route("/api/parked-events/reapply", post(parked::reapply))
         .route("/api/payouts/run", post(payouts::run))
+        .route("/api/approvals/run", post(approvals::run))
         .route("/api/payouts/{id}/sent", post(payouts::sent))
         .route("/api/payouts/{id}/paid", post(payouts::paid))
         .route("/api/payouts/{id}/failed", post(payouts::failed))
@@ -93,6 +98,8 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .merge(admin_posts)
+        // The search is a read: outside the Idempotency-Key layer.
+        .route("/api/partners", get(partners::list))
         .route("/api/partners/{id}", get(partners::show).patch(partners::update))
         .route("/api/partners/{id}/commissions", get(partners::commissions))
         .route("/api/partners/{id}/earnings", get(partners::earnings))
@@ -109,6 +116,7 @@ pub fn router(state: AppState) -> Router {
             "/api/partners/{id}/webhooks/{endpoint_id}/attempts",
             get(partner_webhooks::attempts),
         )
+        .route("/api/events", get(events::list))
         .route("/api/parked-events", get(parked::list))
         .route("/api/payouts", get(payouts::list))
         .route("/api/partners/{id}/payouts", get(payouts::for_partner))

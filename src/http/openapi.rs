@@ -8,16 +8,17 @@ use utoipa::{
 };
 
 use super::{
-    commissions, error, health, metrics, notifications, parked, partner_webhooks, partners,
-    payments, payouts, webhooks,
+    approvals, commissions, error, events, health, metrics, notifications, parked,
+    partner_webhooks, partners, payments, payouts, webhooks,
 };
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "commissions", description = "Payments verified in PostgreSQL earn partner commissions, relayed live over WebSocket at /notifications."),
     paths(
-        partners::create, partners::show, partners::update, partners::commissions, partners::events, partners::earnings,
+        partners::create, partners::list, partners::show, partners::update, partners::commissions, partners::events, partners::earnings,
         payments::create, payments::verify, payments::refund,
+        approvals::run, events::list,
         payouts::run, payouts::list, payouts::for_partner, payouts::sent, payouts::paid, payouts::failed,
         partner_webhooks::register, partner_webhooks::list, partner_webhooks::disable, partner_webhooks::attempts,
         notifications::list, notifications::mark_read,

@@ -24,7 +24,10 @@ use super::{
     money::Rate,
     pagination,
 };
-use crate::{events::EventLog, state::AppState};
+use crate::{
+    events::{Event, EventLog},
+    state::AppState,
+};
 
 /// A partner's totals in one currency, each a sum of the ledger that the
 /// audit view checks (docs/engine.md, "The lifecycle").
@@ -174,8 +177,40 @@ fn rate_violation(error: sqlx::Error) -> Error {
     }
 }
 
+/// A partner's row as both reads select it.
+struct PartnerRow {
+    id: i64,
+    name: String,
+    commission_rate: String,
+    last_seq: i64,
+    created_at: DateTime<Utc>,
+    hold_days: Option<i32>,
+    effective_hold_days: i32,
+    recurring_months: Option<i32>,
+    totals: serde_json::Value,
+}
+
+impl TryFrom<PartnerRow> for Partner {
+    type Error = Error;
+
+    fn try_from(row: PartnerRow) -> Result<Partner> {
+        Ok(Partner {
+            id: row.id,
+            name: row.name,
+            commission_rate: row.commission_rate,
+            last_seq: row.last_seq,
+            hold_days: row.hold_days,
+            effective_hold_days: row.effective_hold_days,
+            recurring_months: row.recurring_months,
+            totals: serde_json::from_value(row.totals).map_err(|e| Error::Internal(e.into()))?,
+            created_at: row.created_at,
+        })
+    }
+}
+
 async fn fetch_partner(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<Partner> {
-    let row = sqlx::query!(
+    sqlx::query_as!(
+        PartnerRow,
         r#"SELECT p.id, p.name, trim_scale(p.commission_rate)::text AS "commission_rate!", partner_last_seq(p.id) AS "last_seq!", p.created_at,
                   p.hold_days, partner_hold_days(p.id) AS "effective_hold_days!", p.recurring_months,
                   partner_totals(p.id) AS "totals!"
@@ -184,18 +219,74 @@ async fn fetch_partner(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<Partner
     )
     .fetch_optional(db)
     .await?
-    .ok_or_else(|| Error::NotFound(format!("partner {id} does not exist")))?;
-    Ok(Partner {
-        id: row.id,
-        name: row.name,
-        commission_rate: row.commission_rate,
-        last_seq: row.last_seq,
-        hold_days: row.hold_days,
-        effective_hold_days: row.effective_hold_days,
-        recurring_months: row.recurring_months,
-        totals: serde_json::from_value(row.totals).map_err(|e| Error::Internal(e.into()))?,
-        created_at: row.created_at,
-    })
+    .ok_or_else(|| Error::NotFound(format!("partner {id} does not exist")))?
+    .try_into()
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerSearch {
+    /// Part of the name (any case), or the exact id.
+    pub q: Option<String>,
+    /// Partners per page, 1 to 100 (default 20).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PartnerPage {
+    pub items: Vec<Partner>,
+    pub next_cursor: Option<i64>,
+}
+
+/// `q` as a LIKE pattern that matches it literally anywhere in the name.
+fn contains_pattern(q: &str) -> String {
+    let escaped = q
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+/// Partners whose name contains `q` (or whose id is `q`), newest first, with their totals (admins).
+#[utoipa::path(get, path = "/api/partners", tag = "partners", params(PartnerSearch),
+    responses((status = 200, body = PartnerPage), (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem),
+              (status = 422, body = super::error::Problem)),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(caller = %caller.claims().sub))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(search): Query<PartnerSearch>,
+) -> Result<Json<PartnerPage>> {
+    caller.require_admin()?;
+    let limit = pagination::limit(search.limit, 20, 100)?;
+    let before = pagination::cursor(search.cursor)?;
+    let q = search.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    let id = q.and_then(|q| q.trim_start_matches('#').parse::<i64>().ok());
+    let rows = sqlx::query_as!(
+        PartnerRow,
+        r#"SELECT p.id, p.name, trim_scale(p.commission_rate)::text AS "commission_rate!", partner_last_seq(p.id) AS "last_seq!", p.created_at,
+                  p.hold_days, partner_hold_days(p.id) AS "effective_hold_days!", p.recurring_months,
+                  partner_totals(p.id) AS "totals!"
+             FROM partners p
+            WHERE ($1::text IS NULL OR p.name ILIKE $1 OR p.id = $2)
+              AND ($3::bigint IS NULL OR p.id < $3)
+            ORDER BY p.id DESC
+            LIMIT $4"#,
+        q.map(contains_pattern),
+        id,
+        before,
+        limit + 1
+    )
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .map(Partner::try_from)
+    .collect::<Result<Vec<_>>>()?;
+    let (items, next_cursor) = pagination::split(rows, limit, |p| p.id);
+    Ok(Json(PartnerPage { items, next_cursor }))
 }
 
 /// Create a partner.
@@ -421,7 +512,7 @@ pub async fn events(
         .partner_since(id, since, limit)
         .await?
         .into_iter()
-        .map(|e| RawValue::from_string(e.json))
+        .map(Event::into_raw)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Internal(e.into()))?;
     Ok(Json(EventPage {

@@ -55,6 +55,11 @@ async fn the_page_and_its_modules_are_served_with_types_and_a_strict_policy() {
             "from '/client/commissions-client.js'",
         ),
         (
+            "/dashboard/console.js",
+            "text/javascript; charset=utf-8",
+            "export function setUpConsole",
+        ),
+        (
             "/dashboard/dashboard.css",
             "text/css; charset=utf-8",
             ".status",

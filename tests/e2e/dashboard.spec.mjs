@@ -403,10 +403,227 @@ describe('a partner token at the socket (the page code cannot widen it)', () => 
   });
 });
 
+// ---- the operator console (the admin room) ----
+
+/** Fills a console form, submits it, answers the confirmation and returns the result shown. */
+async function act(page, form, values = {}, { answer, cancel = false } = {}) {
+  for (const [name, value] of Object.entries(values)) {
+    const input = page.locator(`${form} [name="${name}"]`);
+    if (typeof value === 'boolean') await input.setChecked(value);
+    else await input.fill(value);
+  }
+  await page.click(`${form} button[type="submit"]`);
+  return confirmAndRead(page, { answer, cancel });
+}
+
+/** Answers the open confirmation dialog; waits for the action's outcome and returns its text. */
+async function confirmAndRead(page, { answer, cancel = false } = {}) {
+  await page.waitForSelector('#confirm[open]', WAIT);
+  const count = Number(await page.locator('#console-result').getAttribute('data-count') || 0);
+  if (answer !== undefined) await page.fill('#confirm-input', answer);
+  await page.click(cancel ? '#confirm [data-close="cancel"]' : '#confirm-ok');
+  await page.waitForFunction(
+    (n) => Number(document.querySelector('#console-result').dataset.count || 0) > n,
+    count,
+    WAIT,
+  );
+  const result = page.locator('#console-result');
+  return { outcome: await result.getAttribute('data-outcome'), text: await result.textContent() };
+}
+
+const cardField = (page, partnerId, field) =>
+  page.locator(`.total[data-partner-id="${partnerId}"][data-currency="NGN"] [data-field="${field}"]`);
+async function fieldIs(page, partnerId, field, value) {
+  await page.waitForFunction(
+    ([id, f, v]) => document.querySelector(`.total[data-partner-id="${id}"][data-currency="NGN"] [data-field="${f}"]`)?.textContent === v,
+    [partnerId, field, value],
+    WAIT,
+  );
+}
+
+describe('the operator console', () => {
+  test('shows the history on open, then live, with no gap or duplicate between them', async () => {
+    const created = await api('POST', '/api/partners', admin, { name: 'History Partner', commission_rate: '0.1' });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const partner = created.body.id;
+    const before1 = await verifyThroughApi(partner, '100.00');
+    const before2 = await verifyThroughApi(partner, '200.00');
+
+    const page = await openDashboard(admin);
+    await waitForState(page, 'live');
+    // Both earlier commissions come from the REST history, once each, unannounced.
+    await rowsFor(page, before1).waitFor(WAIT);
+    assert.equal(await rowsFor(page, before1).count(), 1);
+    assert.equal(await rowsFor(page, before2).count(), 1);
+    assert.equal(await toastsEverShown(page, before1), 0, 'history is not announced as new');
+    // Today's totals per partner and currency, with the partner's name.
+    await fieldIs(page, partner, 'earned', '30.00');
+    assert.match(await page.locator(`.total[data-partner-id="${partner}"] .partner-tag`).textContent(), /History Partner \(#\d+\)/);
+
+    // The next one arrives live, once: the stream started right after the history.
+    const live = await verifyThroughApi(partner, '50.00');
+    await rowsFor(page, live).waitFor(WAIT);
+    await toastsFor(page, live).waitFor(WAIT);
+    await fieldIs(page, partner, 'earned', '35.00');
+    const another = await verifyThroughApi(partner, '10.00');
+    await rowsFor(page, another).waitFor(WAIT);
+    for (const id of [before1, before2, live, another]) assert.equal(await rowsFor(page, id).count(), 1, `payment ${id} listed once`);
+    assert.equal(await toastsEverShown(page, live), 1);
+    assert.equal(await toastsEverShown(page, before2), 0);
+
+    // The filter by partner name or id hides every other partner's rows and cards.
+    await page.fill('#partner-filter', 'history partner');
+    assert.equal(await page.locator(`#feed tr:not([hidden]):not([data-partner-id="${partner}"])`).count(), 0);
+    assert.ok(await page.locator(`#feed tr:not([hidden])[data-partner-id="${partner}"]`).count() >= 4);
+    assert.equal(await page.locator(`.total:not([hidden]):not([data-partner-id="${partner}"])`).count(), 0);
+    await page.fill('#partner-filter', String(partnerA));
+    assert.equal(await page.locator(`#feed tr:not([hidden])[data-partner-id="${partner}"]`).count(), 0);
+    assert.ok(await page.locator(`.total:not([hidden])[data-partner-id="${partnerA}"]`).count() >= 1);
+    await page.fill('#partner-filter', '');
+    assert.ok(await page.locator(`#feed tr:not([hidden])[data-partner-id="${partner}"]`).count() >= 4);
+
+    // A partner with no event on the page is found by the server's search, with its settings.
+    const quiet = (await api('POST', '/api/partners', admin, { name: 'Quiet Partner', hold_days: 7 })).body.id;
+    await page.fill('#partner-filter', 'quiet');
+    const found = page.locator(`#partner-results li[data-partner-id="${quiet}"]`);
+    await found.waitFor(WAIT);
+    assert.match(await found.textContent(), /^Quiet Partner \(#\d+\) · rate [\d.]+ · hold 7 days/);
+    assert.equal(await page.locator('#partner-results li').count(), 1);
+    await page.fill('#partner-filter', '');
+    assert.equal(await page.locator('#partner-results li').count(), 0);
+
+    assert.deepEqual(page.problems, []);
+    await page.close();
+  });
+
+  test('runs each operator action after a confirmation and shows its result, or the problem in words', async () => {
+    psql("UPDATE currencies SET payout_minimum = 1 WHERE code = 'NGN'");
+    const page = await openDashboard(admin);
+    await waitForState(page, 'live');
+    const keys = [];
+    page.on('request', (req) => {
+      if (req.method() === 'POST' && req.url().includes('/api/')) keys.push(req.headers()['idempotency-key']);
+    });
+
+    // Cancelled: nothing is sent.
+    let result = await act(page, '#form-partner', { name: 'Never Made' }, { cancel: true });
+    assert.equal(result.outcome, 'cancelled');
+    assert.equal(keys.length, 0);
+
+    // Create a partner with its rate, hold period and recurring months.
+    result = await act(page, '#form-partner', { name: 'Console Co', commission_rate: '0.1', hold_days: '0', recurring_months: '12' });
+    assert.equal(result.outcome, 'ok', result.text);
+    assert.match(result.text, /Partner Console Co \(#\d+\) created/);
+    const partner = Number(result.text.match(/#(\d+)/)[1]);
+    let shown = (await api('GET', `/api/partners/${partner}`, admin)).body;
+    assert.deepEqual([shown.hold_days, shown.recurring_months], [0, 12]);
+
+    // Change its rate.
+    result = await act(page, '#form-partner', { partner_id: String(partner), name: '', commission_rate: '0.2', hold_days: '', recurring_months: '' });
+    assert.equal(result.outcome, 'ok', result.text);
+    assert.match(result.text, /updated: rate 0\.2/);
+    shown = (await api('GET', `/api/partners/${partner}`, admin)).body;
+    assert.match(shown.commission_rate, /^0\.20*$/);
+    await page.fill('#form-partner [name="partner_id"]', '');
+
+    // Record and verify a payment: its commission arrives live (hold 0: approved at once).
+    result = await act(page, '#form-payment', { amount: '100.00', currency: 'NGN', partner_id: String(partner) });
+    assert.equal(result.outcome, 'ok', result.text);
+    assert.match(result.text, /Payment #\d+ of NGN 100\.00 recorded and verified/);
+    const paid = Number(result.text.match(/#(\d+)/)[1]);
+    await rowsFor(page, paid).first().waitFor(WAIT);
+    await fieldIs(page, partner, 'earned', '20.00');
+    await fieldIs(page, partner, 'approved', '20.00');
+
+    // Record only, then verify it by id.
+    result = await act(page, '#form-payment', { amount: '50.00', verify: false });
+    assert.match(result.text, /recorded \(pending\)/);
+    const pending = Number(result.text.match(/#(\d+)/)[1]);
+    result = await act(page, '#form-verify', { payment_id: String(pending) });
+    assert.equal(result.outcome, 'ok', result.text);
+    assert.match(result.text, new RegExp(`Payment #${pending} verified`));
+    await fieldIs(page, partner, 'earned', '30.00');
+
+    // A partial refund reverses the commission in proportion; too much is refused, in words.
+    result = await act(page, '#form-refund', { payment_id: String(paid), amount: '40.00' });
+    assert.equal(result.outcome, 'ok', result.text);
+    assert.match(result.text, /refunded; commission reversed: NGN 8\.00/);
+    await fieldIs(page, partner, 'reversed', '8.00');
+    result = await act(page, '#form-refund', { payment_id: String(paid), amount: '100.00' });
+    assert.equal(result.outcome, 'error');
+    assert.match(result.text, /^Refused \(409\): .*would pass the amount paid/);
+    // The full refund of what is left.
+    result = await act(page, '#form-refund', { payment_id: String(pending), amount: '' });
+    assert.equal(result.outcome, 'ok', result.text);
+    await fieldIs(page, partner, 'reversed', '18.00');
+
+    // Approval and parked events on demand.
+    await page.click('#run-approval');
+    result = await confirmAndRead(page);
+    assert.equal(result.outcome, 'ok', result.text);
+    assert.match(result.text, /^\d+ commissions? approved in \d+ batch(es)?\.$/);
+    await page.click('#reapply-parked');
+    result = await confirmAndRead(page);
+    assert.equal(result.outcome, 'ok', result.text);
+    assert.match(result.text, /^\d+ applied, \d+ still parked, \d+ left\.$/);
+
+    // Payouts: run for the partner, then mark it sent and paid from its row.
+    result = await act(page, '#form-payouts', { partner_id: String(partner), currency: 'NGN' });
+    assert.equal(result.outcome, 'ok', result.text);
+    assert.equal(result.text, '1 payout created.');
+    const row = page.locator(`#payouts tr[data-partner-id="${partner}"]`);
+    await row.waitFor(WAIT);
+    const payoutId = await row.getAttribute('data-payout-id');
+    assert.match(await row.textContent(), /NGN 12\.00/);
+    await row.locator('button[data-mark="sent"]').click();
+    result = await confirmAndRead(page, { answer: 'TRF_console_1' });
+    assert.equal(result.text, `Payout #${payoutId} is sent.`);
+    await page.waitForSelector(`#payouts tr[data-payout-id="${payoutId}"][data-state="sent"]`, WAIT);
+    await row.locator('button[data-mark="paid"]').click();
+    result = await confirmAndRead(page, { answer: '' });
+    assert.equal(result.text, `Payout #${payoutId} is paid.`);
+    await page.waitForSelector(`#payouts tr[data-payout-id="${payoutId}"][data-state="paid"]`, WAIT);
+    await fieldIs(page, partner, 'paid', '12.00');
+    assert.match(await row.textContent(), /TRF_console_1/);
+
+    // A second payout, failed with the provider's reason: the amount is payable again.
+    result = await act(page, '#form-payment', { amount: '10.00', currency: 'NGN', partner_id: String(partner), verify: true });
+    assert.equal(result.outcome, 'ok', result.text);
+    result = await act(page, '#form-payouts', { partner_id: String(partner), currency: '' });
+    assert.equal(result.text, '1 payout created.');
+    const second = page.locator(`#payouts tr[data-partner-id="${partner}"][data-state="pending"]`);
+    await second.waitFor(WAIT);
+    const secondId = await second.getAttribute('data-payout-id');
+    await second.locator('button[data-mark="failed"]').click();
+    result = await confirmAndRead(page, { answer: 'account_closed' });
+    assert.equal(result.text, `Payout #${secondId} is failed.`);
+    await page.waitForSelector(`#payouts tr[data-payout-id="${secondId}"][data-state="failed"]`, WAIT);
+    assert.match(await page.locator(`#payouts tr[data-payout-id="${secondId}"]`).textContent(), /account_closed/);
+    await fieldIs(page, partner, 'balance', '2.00');
+    // Marking a failed payout paid is refused, in words.
+    await page.evaluate((id) => { document.querySelector(`#payouts tr[data-payout-id="${id}"] button[data-mark="paid"]`).click(); }, secondId);
+    result = await confirmAndRead(page, { answer: 'TRF_late' });
+    assert.equal(result.outcome, 'error');
+    assert.match(result.text, /^Refused \(409\): \S+/);
+
+    // Every POST carried an Idempotency-Key of its own.
+    assert.ok(keys.length >= 12, `${keys.length} POSTs`);
+    assert.ok(keys.every((k) => /^[0-9a-f-]{36}$/.test(k)), JSON.stringify(keys));
+    assert.equal(new Set(keys).size, keys.length);
+
+    await page.fill('#partner-filter', 'Console Co');
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: path.join(artifacts, 'console.png'), fullPage: true });
+    assert.equal(psql('SELECT count(*) FROM commission_audit'), '0');
+    assert.deepEqual(page.problems, []);
+    await page.close();
+  });
+});
+
 // The screenshots for the docs, when asked for (tests/e2e/run --update-docs).
 after(() => {
   if (process.env.E2E_UPDATE_DOCS !== '1') return;
-  for (const [shot, doc] of [['dashboard.png', 'dashboard.png'], ['04-lifecycle.png', 'dashboard-lifecycle.png']]) {
+  for (const [shot, doc] of [['dashboard.png', 'dashboard.png'], ['04-lifecycle.png', 'dashboard-lifecycle.png'], ['console.png', 'console.png']]) {
     if (existsSync(path.join(artifacts, shot))) copyFileSync(path.join(artifacts, shot), path.join(here, '..', '..', 'docs', doc));
   }
 });

@@ -9,6 +9,7 @@
 
 import { CommissionsClient, decodeTokenPayload } from '/client/commissions-client.js';
 import uPlot from '/dashboard/vendor/uPlot.esm.js';
+import * as operator from '/dashboard/console.js';
 
 const FEED_LIMIT = 20;
 const TOAST_MS = 6000;
@@ -26,13 +27,17 @@ const view = {
   rows: new Map(), // commission id -> <tr>, so a commission is listed once
   cards: new Map(), // "partner:currency" -> card element
   payouts: new Map(), // payout id -> <tr>, updated in place as its state moves
+  partnersRead: new Set(), // partner ids whose name and totals were read (admin room)
+  positions: new Set(), // global positions shown: the history and the stream never list an event twice
   inbox: new Map(), // notification id -> <li>
   chart: { days: 30, currency: null, data: null, plot: null },
 };
+let currentToken = null; // the payouts' buttons call the API with it
 const TOTAL_FIELDS = ['earned', 'pending', 'approved', 'balance', 'in_payout', 'paid', 'reversed', 'held'];
 
 async function main() {
   const token = takeToken();
+  currentToken = token;
   if (!token) {
     showBanner('No token. Open this page with ?token=<your JWT> (the `demo` command prints a link).');
     setStatus('offline', 'no token');
@@ -57,7 +62,8 @@ async function main() {
   } else {
     $('title').textContent = 'Commissions · all partners';
     $('subtitle').textContent = 'Admin view: every partner’s events as they happen';
-    $('totals-note').textContent = 'per partner and currency, from the events seen since this page opened';
+    $('totals-note').textContent = 'per partner and currency, as of now';
+    since = await loadConsole(token);
   }
 
   const client = new CommissionsClient({ token, since, partnerId: isAdmin ? partnerId : null });
@@ -76,6 +82,7 @@ async function main() {
   client.addEventListener('event', (e) => {
     onEvent(e.detail.event, e.detail.replayed);
     if (partnerId !== null) afterEvent(token, partnerId);
+    else afterAdminEvent(token, e.detail.event, e.detail.replayed);
     if (replaying > 0 && --replaying === 0) setStatus('live', '');
   });
   client.addEventListener('error', (e) => console.warn('commissions:', e.detail.code, e.detail.message));
@@ -108,6 +115,51 @@ async function loadPartner(token, partnerId) {
   }
 }
 
+/**
+ * The admin room: the latest events of every partner, today's totals of each
+ * partner in them, the payouts, and the actions panel. Returns the position
+ * the stream resumes after, so the history and the stream meet with no gap.
+ */
+async function loadConsole(token) {
+  operator.setUpConsole(token, { money, showPayout, applyTotals });
+  try {
+    const history = await operator.loadHistory(token);
+    for (const event of history.events) onEvent(event, true, true);
+    const partners = new Set(history.events.map((e) => e.partner_id));
+    await Promise.all([...partners].map((id) => refreshPartner(token, id)));
+    const payouts = await api(token, `/api/payouts?limit=${FEED_LIMIT * 2}`);
+    for (const payout of payouts.items || []) showPayout(payout, 'end', false);
+    operator.applyFilter();
+    return history.head;
+  } catch (err) {
+    showBanner(`Could not load the history: ${err.message}. Live updates continue.`);
+    return undefined;
+  }
+}
+
+/** A partner's name and today's totals into its cards. */
+async function refreshPartner(token, id) {
+  view.partnersRead.add(id);
+  try {
+    const partner = await operator.loadPartner(token, id);
+    applyTotals(id, partner.totals || {}, false);
+  } catch (err) {
+    console.warn('commissions: partner', id, err.message);
+  }
+}
+
+/**
+ * A partner first seen live gets its name and totals read, and so does one
+ * whose events are replayed (they carry the totals of their time, not today's).
+ * The filter then applies to the new rows.
+ */
+function afterAdminEvent(token, event, replayed) {
+  if (replayed || !view.partnersRead.has(event.partner_id)) {
+    void refreshPartner(token, event.partner_id).then(operator.applyFilter);
+  }
+  operator.applyFilter();
+}
+
 async function api(token, path, method = 'GET') {
   const res = await fetch(path, { method, headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' } });
   if (!res.ok) {
@@ -135,13 +187,19 @@ const PAYOUT_TOASTS = {
 };
 const kindOf = (kind) => KINDS[kind] || KINDS.earned;
 
-function onEvent(event, replayed) {
+/** One event, from the stream or (`history`: quietly, no toast) from the REST history. */
+function onEvent(event, replayed, history = false) {
+  if (Number.isSafeInteger(event.position)) {
+    if (view.positions.has(event.position)) return;
+    view.positions.add(event.position);
+  }
   const data = event.data || {};
+  const announce = history ? () => {} : (row) => toast(row, replayed);
   // Replayed events carry the totals of their time; `ready` already set today's.
   if (!replayed && data.totals) applyTotals(event.partner_id, data.totals, true);
   if (event.type.startsWith('payout.')) {
     const payout = { ...data, id: data.payout_id, partner_id: event.partner_id, updated_at: event.occurred_at };
-    if (showPayout(payout, 'start', true)) payoutToast(payout, event.type.slice('payout.'.length), replayed);
+    if (showPayout(payout, 'start', !history) && !history) payoutToast(payout, event.type.slice('payout.'.length), replayed);
     return;
   }
   if (event.type === 'commission.approved') {
@@ -154,7 +212,7 @@ function onEvent(event, replayed) {
       count: data.commissions,
       at: event.occurred_at,
     };
-    if (addRow(row, 'start', true)) toast(row, replayed);
+    if (addRow(row, 'start', !history)) announce(row);
     return;
   }
   const row = {
@@ -168,7 +226,7 @@ function onEvent(event, replayed) {
     paymentAmount: data.payment_amount,
     at: event.occurred_at,
   };
-  if (addRow(row, 'start', true)) toast(row, replayed);
+  if (addRow(row, 'start', !history)) announce(row);
 }
 
 /**
@@ -182,11 +240,13 @@ function showPayout(payout, where, highlight) {
   if (!tr) {
     tr = document.createElement('tr');
     tr.dataset.payoutId = key;
-    for (const cls of ['', 'admin-only', 'state', '', 'reference', 'num amount']) {
+    tr.dataset.partnerId = String(payout.partner_id);
+    for (const cls of ['', 'admin-only', 'state', '', 'reference', 'num amount', 'admin-only marks']) {
       const td = document.createElement('td');
       if (cls) td.className = cls;
       tr.append(td);
     }
+    if (isAdminRoom()) tr.lastElementChild.append(...operator.payoutButtons(currentToken, payout, showPayout));
     const body = $('payouts');
     if (where === 'start') body.prepend(tr);
     else body.append(tr);
@@ -242,6 +302,7 @@ function addRow(row, where, highlight) {
   tr.dataset.commissionId = String(row.id ?? '');
   tr.dataset.paymentId = String(row.paymentId ?? '');
   tr.dataset.kind = row.kind || '';
+  tr.dataset.partnerId = String(row.partnerId ?? '');
   const kind = document.createElement('span');
   kind.className = `kind ${row.kind}`;
   kind.textContent = kindOf(row.kind).label;
@@ -439,7 +500,7 @@ function applyTotals(partnerId, totals, highlight) {
       card.dataset.partnerId = String(partnerId);
       card.dataset.currency = currency;
       card.querySelector('.currency').textContent = currency;
-      card.querySelector('.partner-tag').textContent = document.body.classList.contains('admin') ? `Partner #${partnerId}` : '';
+      card.querySelector('.partner-tag').textContent = isAdminRoom() ? operator.partnerLabel(partnerId) : '';
       $('totals').append(card);
       view.cards.set(key, card);
     }
@@ -498,6 +559,8 @@ function showBanner(text) {
   el.textContent = text;
   el.hidden = false;
 }
+
+const isAdminRoom = () => document.body.classList.contains('admin');
 
 function takeToken() {
   const params = new URLSearchParams(location.search);
