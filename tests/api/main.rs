@@ -6,6 +6,7 @@ mod cluster;
 mod helpers;
 
 mod auth;
+mod batches;
 mod dashboard;
 mod engine;
 mod export;
