@@ -17,7 +17,11 @@ use crate::{
 /// `partners` new partners, and `per_partner` pending payments for each,
 /// recorded in one statement with the partners interleaved (payment i is
 /// for partner i mod n), so payment order is not partner order.
-async fn partners_with_payments(db: &TestDatabase, partners: usize, per_partner: usize) -> Vec<i64> {
+async fn partners_with_payments(
+    db: &TestDatabase,
+    partners: usize,
+    per_partner: usize,
+) -> Vec<i64> {
     let mut ids = Vec::new();
     for i in 0..partners {
         ids.push(create_partner(&db.pool, &format!("Partner {i}"), None).await);
@@ -100,21 +104,34 @@ async fn a_dba_update_verifying_1000_payments_of_100_partners_publishes_each_str
             "partner {partner}'s seqs follow payment order: {stream:?}"
         );
     }
-    let positions: Vec<i64> = sqlx::query_scalar("SELECT position FROM commission_events ORDER BY position")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(positions, (1..=1000).collect::<Vec<_>>(), "the admin position is gapless");
+    let positions: Vec<i64> =
+        sqlx::query_scalar("SELECT position FROM commission_events ORDER BY position")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        positions,
+        (1..=1000).collect::<Vec<_>>(),
+        "the admin position is gapless"
+    );
     audit_is_empty(db).await;
 
     // One NOTIFY per partner and one on the admin channel, each a short
     // wake-up (the relay reads the log, never the payload).
     let mut per_channel: HashMap<String, usize> = HashMap::new();
     while let Ok(Some(n)) = timeout(Duration::from_secs(2), rx.recv()).await {
-        assert!(n.payload().len() <= 32, "a wake-up, not an event: {}", n.payload());
+        assert!(
+            n.payload().len() <= 32,
+            "a wake-up, not an event: {}",
+            n.payload()
+        );
         *per_channel.entry(n.channel().to_owned()).or_default() += 1;
     }
-    assert_eq!(per_channel.len(), 101, "every partner's channel and the admin channel");
+    assert_eq!(
+        per_channel.len(),
+        101,
+        "every partner's channel and the admin channel"
+    );
     assert!(
         per_channel.values().all(|&n| n == 1),
         "one NOTIFY per channel: {per_channel:?}"
@@ -126,7 +143,10 @@ async fn a_dba_update_verifying_1000_payments_of_100_partners_publishes_each_str
         let got = events(ws, 10).await;
         assert_eq!(seqs(&got), (1..=10).collect::<Vec<_>>());
         let payments: Vec<i64> = by_partner[partner].iter().map(|(_, p)| *p).collect();
-        let sent: Vec<i64> = got.iter().map(|e| e["data"]["payment_id"].as_i64().unwrap()).collect();
+        let sent: Vec<i64> = got
+            .iter()
+            .map(|e| e["data"]["payment_id"].as_i64().unwrap())
+            .collect();
         assert_eq!(sent, payments);
         let sentinel = create_payment(&db.pool, "1.00", "NGN", Some(*partner)).await;
         app.verify(sentinel).await;
@@ -167,7 +187,10 @@ async fn concurrent_batches_over_overlapping_partners_in_opposite_orders_commit_
             let client = db.connect().await;
             client.batch_execute("BEGIN").await.unwrap();
             let n = client
-                .execute("UPDATE payments SET status = 'verified' WHERE id = ANY ($1)", &[ids])
+                .execute(
+                    "UPDATE payments SET status = 'verified' WHERE id = ANY ($1)",
+                    &[ids],
+                )
                 .await
                 .unwrap();
             assert_eq!(n as usize, ids.len());
@@ -182,7 +205,11 @@ async fn concurrent_batches_over_overlapping_partners_in_opposite_orders_commit_
     // Every partner's seq is gapless, and so is the admin position.
     let by_partner = streams(&db).await;
     for (i, partner) in partners.iter().enumerate() {
-        let want = if (10..30).contains(&i) { 2 * ROUNDS } else { ROUNDS } as i64;
+        let want = if (10..30).contains(&i) {
+            2 * ROUNDS
+        } else {
+            ROUNDS
+        } as i64;
         let seqs: Vec<i64> = by_partner[partner].iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, (1..=want).collect::<Vec<_>>(), "partner {partner}");
     }
@@ -231,12 +258,11 @@ async fn a_multi_row_verification_applies_every_rule_of_a_single_one() {
         .await
         .unwrap();
 
-    let entries: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT payment_id, kind::text, amount::text FROM commissions ORDER BY id",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
+    let entries: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT payment_id, kind::text, amount::text FROM commissions ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(
         entries,
         vec![
@@ -246,12 +272,11 @@ async fn a_multi_row_verification_applies_every_rule_of_a_single_one() {
             (yen, "approved".into(), "123.0000".into()),
         ]
     );
-    let types: Vec<(i64, i64, String)> = sqlx::query_as(
-        "SELECT partner_id, seq, type FROM commission_events ORDER BY position",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
+    let types: Vec<(i64, i64, String)> =
+        sqlx::query_as("SELECT partner_id, seq, type FROM commission_events ORDER BY position")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(
         types,
         vec![

@@ -704,10 +704,11 @@ async fn a_notify_is_a_short_wake_up_and_the_log_holds_the_event() {
     assert!(serde_json::from_str::<Value>(live.payload())
         .map(|v| v.get("data").is_none())
         .unwrap_or(true));
-    let live: String = sqlx::query_scalar("SELECT commission_event_json(e)::text FROM commission_events e")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let live: String =
+        sqlx::query_scalar("SELECT commission_event_json(e)::text FROM commission_events e")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
 
     // Another session in another time zone replays the same bytes.
     sqlx::query("SET TimeZone = 'Asia/Tokyo'")
