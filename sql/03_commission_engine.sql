@@ -527,6 +527,8 @@ COMMENT ON FUNCTION move_partner_balances(partner_balances[]) IS
 -- and holds it to the end of COMMIT, no two publishers ever wait on each
 -- other's partner rows. Ledger entries are published in sets instead
 -- (publish_commission_entries), in the same lock order.
+-- p_commission_id became the 15th argument.
+DROP FUNCTION IF EXISTS publish_event(bigint, char, text, jsonb, text, text, numeric, numeric, numeric, numeric, numeric, numeric, numeric, numeric);
 CREATE OR REPLACE FUNCTION publish_event(
     p_partner_id bigint,
     p_currency   char(3),
@@ -541,7 +543,8 @@ CREATE OR REPLACE FUNCTION publish_event(
     p_approved   numeric,
     p_balance    numeric,
     p_in_payout  numeric,
-    p_paid       numeric)
+    p_paid       numeric,
+    p_commission_id bigint DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 AS $$
@@ -559,8 +562,13 @@ BEGIN
 
     -- Held to the end of this COMMIT: positions and seqs are in commit order, gapless.
     UPDATE event_log_head SET position = position + 1 RETURNING position INTO v_position;
-    INSERT INTO partner_streams AS s (partner_id, last_seq) VALUES (p_partner_id, 1)
-    ON CONFLICT (partner_id) DO UPDATE SET last_seq = s.last_seq + 1
+    -- A ledger entry (p_commission_id) is marked published, as publish_commission_entries does.
+    INSERT INTO partner_streams AS s (partner_id, last_seq, last_commission_id, last_xact)
+    VALUES (p_partner_id, 1, p_commission_id, CASE WHEN p_commission_id IS NOT NULL THEN pg_current_xact_id() END)
+    ON CONFLICT (partner_id) DO UPDATE
+       SET last_seq = s.last_seq + 1,
+           last_commission_id = coalesce(EXCLUDED.last_commission_id, s.last_commission_id),
+           last_xact = coalesce(EXCLUDED.last_xact, s.last_xact)
     RETURNING s.last_seq INTO v_seq;
 
     SELECT * INTO v_balance FROM move_partner_balances(ARRAY[
@@ -578,8 +586,8 @@ BEGIN
     PERFORM set_config('commissions.engine', '', true);
 END
 $$;
-COMMENT ON FUNCTION publish_event(bigint, char, text, jsonb, text, text, numeric, numeric, numeric, numeric, numeric, numeric, numeric, numeric) IS
-    'Engine internals (called at commit by the deferred publishers): takes the next global position and the partner''s next seq, adds the deltas to the partner''s balance in that currency, writes the event (its data plus the new totals) and the notification, and wakes the partner''s and the admin channel (notify_wake_up: one NOTIFY per channel per transaction).';
+COMMENT ON FUNCTION publish_event(bigint, char, text, jsonb, text, text, numeric, numeric, numeric, numeric, numeric, numeric, numeric, numeric, bigint) IS
+    'Engine internals (called at commit by the deferred publishers): takes the next global position and the partner''s next seq, adds the deltas to the partner''s balance in that currency, writes the event (its data plus the new totals) and the notification, and wakes the partner''s and the admin channel (notify_wake_up: one NOTIFY per channel per transaction). For a ledger entry (p_commission_id) it also marks the entry published in partner_streams.';
 
 -- The wire's words for a ledger entry, by its kind: the event type, and the
 -- partner's notification.
@@ -660,11 +668,8 @@ BEGIN
         CASE WHEN c.stage = 'approved' THEN v_payable ELSE 0 END,
         v_payable,
         0,
-        0);
-    -- What publish_commission_entry reads to know the entry is published.
-    PERFORM set_config('commissions.engine', 'on', true);
-    UPDATE partner_streams SET last_commission_id = c.id, last_xact = pg_current_xact_id() WHERE partner_id = c.partner_id;
-    PERFORM set_config('commissions.engine', '', true);
+        0,
+        c.id);
 END
 $$;
 COMMENT ON FUNCTION publish_one_commission_entry(commissions) IS
@@ -702,7 +707,9 @@ BEGIN
     -- and approvals are published per batch (commission_approvals_publish).
     SELECT array_agg(c ORDER BY c.id), count(*) INTO v_entries, v_count
       FROM commissions c
-     WHERE c.id >= p_from_id AND c.xact_id = v_xact AND c.kind <> 'approved';
+     -- BETWEEN, not >=: its estimate is small without the value, so the
+     -- plan (an index range scan) is kept instead of planned per call.
+     WHERE c.id BETWEEN p_from_id AND 9223372036854775807 AND c.xact_id = v_xact AND c.kind <> 'approved';
     IF v_count = 0 THEN
         RETURN 0;
     END IF;
