@@ -26,7 +26,9 @@ DECLARE
     v_schema    name := current_schema();
     -- The triggers that write: they run as the owner whoever fires them.
     v_triggers  text[] := ARRAY['commission_engine', 'disputes_settle', 'publish_commission_entry',
-        'publish_commission_approval', 'publish_payout', 'payouts_release_items'];
+        'publish_commission_approval', 'publish_payout', 'payouts_release_items',
+        -- Not a trigger: the set publisher commissions_publish calls, once per transaction.
+        'publish_commission_entries'];
     -- What the service (and an operator) calls.
     v_service   text[] := ARRAY[
         'lock_payment', 'change_payment_status', 'verify_payment', 'refund_payment', 'fail_payment',

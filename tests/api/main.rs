@@ -6,6 +6,7 @@ mod cluster;
 mod helpers;
 
 mod auth;
+mod batches;
 mod console;
 mod dashboard;
 mod engine;
