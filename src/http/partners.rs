@@ -124,15 +124,6 @@ where
     T::deserialize(deserializer).map(Some)
 }
 
-fn check_recurring_months(months: Option<Option<i32>>) -> Result<()> {
-    match months {
-        Some(Some(m)) if !(0..=1200).contains(&m) => Err(Error::Unprocessable(
-            "recurring_months must be from 0 to 1200, or null for the customer's lifetime".into(),
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// Sets recurring_months when the request says so (null included).
 async fn set_recurring_months(
     db: impl sqlx::PgExecutor<'_>,
@@ -146,7 +137,8 @@ async fn set_recurring_months(
             months
         )
         .fetch_one(db)
-        .await?;
+        .await
+        .map_err(partner_rule_violation)?;
     }
     Ok(())
 }
@@ -166,11 +158,15 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-fn rate_violation(error: sqlx::Error) -> Error {
+/// A partner's CHECK constraints (sql: the rules) as a 422 naming the field.
+fn partner_rule_violation(error: sqlx::Error) -> Error {
     match error.as_database_error().and_then(|d| d.constraint()) {
         Some("partners_hold_days_range") => {
             Error::Unprocessable("hold_days must be from 0 to 3650".into())
         }
+        Some("partners_recurring_months_range") => Error::Unprocessable(
+            "recurring_months must be from 0 to 1200, or null for the customer's lifetime".into(),
+        ),
         _ => on_constraint(error, "partners_commission_rate_range", |_| {
             Error::Unprocessable("commission_rate must be from 0 to 1".into())
         }),
@@ -304,7 +300,6 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Partner>)> {
     caller.require_admin()?;
     check_name(&new.name)?;
-    check_recurring_months(new.recurring_months)?;
     // The partner and the response in one transaction: a failure answers 5xx
     // with nothing written, so an Idempotency-Key retry is safe.
     let mut tx = state.db.begin().await?;
@@ -315,7 +310,7 @@ pub async fn create(
     )
     .fetch_one(&mut *tx)
     .await
-    .map_err(rate_violation)?;
+    .map_err(partner_rule_violation)?;
     set_hold_days(&mut *tx, id, new.hold_days).await?;
     set_recurring_months(&mut *tx, id, new.recurring_months).await?;
     let partner = fetch_partner(&mut *tx, id).await?;
@@ -356,7 +351,6 @@ pub async fn update(
     if let Some(name) = &change.name {
         check_name(name)?;
     }
-    check_recurring_months(change.recurring_months)?;
     // The name, rate, hold period and recurring months change together or not at all.
     let mut tx = state.db.begin().await?;
     let updated = sqlx::query_scalar!(
@@ -367,7 +361,7 @@ pub async fn update(
     )
     .fetch_one(&mut *tx)
     .await
-    .map_err(rate_violation)?;
+    .map_err(partner_rule_violation)?;
     if updated.is_none() {
         return Err(Error::NotFound(format!("partner {id} does not exist")));
     }
@@ -388,7 +382,7 @@ async fn set_hold_days(
         sqlx::query_scalar!("SELECT set_partner_hold_days($1, $2) AS id", id, hold_days)
             .fetch_one(db)
             .await
-            .map_err(rate_violation)?;
+            .map_err(partner_rule_violation)?;
     }
     Ok(())
 }
