@@ -93,12 +93,7 @@ where
                 // Headers are gone: ending the body short is how a failure
                 // shows; the client sees an incomplete transfer, not a file
                 // that looks complete.
-                Err(error) => {
-                    return Some((
-                        Err(std::io::Error::other(error.to_string())),
-                        (None, false, true),
-                    ))
-                }
+                Err(error) => return failed(error.to_string()),
             };
             let last = rows.len() < usize::try_from(CHUNK).unwrap_or(usize::MAX);
             let cursor = rows.last().map(id);
@@ -107,17 +102,12 @@ where
                 .from_writer(Vec::new());
             for row in &rows {
                 if let Err(error) = out.serialize(row) {
-                    return Some((Err(std::io::Error::other(error)), (None, false, true)));
+                    return failed(error.to_string());
                 }
             }
             let bytes = match out.into_inner() {
                 Ok(bytes) => bytes,
-                Err(error) => {
-                    return Some((
-                        Err(std::io::Error::other(error.to_string())),
-                        (None, false, true),
-                    ))
-                }
+                Err(error) => return failed(error.to_string()),
             };
             let done = last || cursor.is_none();
             Some((Ok(Bytes::from(bytes)), (cursor, false, done)))
@@ -133,6 +123,13 @@ where
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     response
+}
+
+/// The stream's last item when a chunk cannot be read or written: an error
+/// that ends the body, and a state that reads nothing more.
+#[allow(clippy::type_complexity)]
+fn failed(error: String) -> Option<(std::io::Result<Bytes>, (Option<i64>, bool, bool))> {
+    Some((Err(std::io::Error::other(error)), (None, false, true)))
 }
 
 #[cfg(test)]
