@@ -61,6 +61,9 @@ pub struct Outcome {
     /// CPU of the nodes' LISTEN backends in PostgreSQL, % of one core (None if one was replaced).
     pub listener_backend_cpu_percent: Option<f64>,
     pub cpu: cpu::Spent,
+    /// How many payments each commit of the load phase verified: (payments
+    /// in one commit, commits of that size), from the ledger's `xact_id`.
+    pub commit_sizes: Vec<(i64, i64)>,
 }
 
 /// Untimed requests each sender makes before the sockets open.
@@ -281,6 +284,15 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
         .await?
         .get::<_, i64>(0);
 
+    // Commits are counted from the ledger: each earned entry carries the
+    // transaction that wrote it, so a batch shows as one xact_id.
+    let ledger_head: i64 = db
+        .connect()
+        .await?
+        .query_one("SELECT coalesce(max(id), 0) FROM commissions", &[])
+        .await?
+        .get(0);
+
     let kills = Arc::new(AtomicU64::new(0));
     let killer = load.kill_listener_every.map(|every| {
         let (url, name, kills) = (db.url.clone(), db.name.clone(), kills.clone());
@@ -388,6 +400,17 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
         .await?
         .get(0);
     want.insert(Room::Admin, committed_events as u64);
+    let commit_sizes = client
+        .query(
+            "SELECT n, count(*) FROM (SELECT count(*) AS n FROM commissions
+                                       WHERE id > $1 AND kind = 'earned' GROUP BY xact_id) per_commit
+              GROUP BY n ORDER BY n",
+            &[&ledger_head],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get::<_, i64>(0), row.get::<_, i64>(1)))
+        .collect();
     let _ = expected.set(want.clone());
     let _ = stop_tx.send(Some(committed_events as u64));
 
@@ -412,6 +435,7 @@ pub async fn run(db: &BenchDatabase, load: &Load) -> anyhow::Result<Outcome> {
         listener_kills: kills.load(Ordering::Relaxed),
         listener_backend_cpu_percent,
         cpu,
+        commit_sizes,
     };
     for consumer in consumers {
         let socket: SocketOutcome = consumer.await?;

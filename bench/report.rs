@@ -56,6 +56,33 @@ pub struct LoadRow {
     /// PostgreSQL's CPU per committed payment: what the engine (and the
     /// webhook's SQL) costs the database, however many cores it has.
     pub postgres_cpu_ms_per_payment: f64,
+    /// Verified payments per commit over the load phase (1 without batching).
+    pub payments_per_commit: f64,
+    /// (payments in one commit, commits of that size).
+    pub commit_sizes: Vec<(i64, i64)>,
+}
+
+/// Commit sizes folded into power-of-two buckets: `1`, `2-3`, `4-7`, ...
+fn size_buckets(sizes: &[(i64, i64)]) -> Vec<(String, i64)> {
+    let mut buckets: Vec<(i64, i64)> = Vec::new();
+    for &(size, commits) in sizes {
+        let low = 1_i64 << (63 - size.max(1).leading_zeros());
+        match buckets.last_mut() {
+            Some((l, n)) if *l == low => *n += commits,
+            _ => buckets.push((low, commits)),
+        }
+    }
+    buckets
+        .into_iter()
+        .map(|(low, n)| {
+            let label = if low == 1 {
+                "1".to_owned()
+            } else {
+                format!("{low}-{}", 2 * low - 1)
+            };
+            (label, n)
+        })
+        .collect()
 }
 
 impl LoadRow {
@@ -90,6 +117,14 @@ impl LoadRow {
             cpu: outcome.cpu,
             postgres_cpu_ms_per_payment: 10.0 * outcome.cpu.postgres_percent
                 / payments_per_second.max(f64::MIN_POSITIVE),
+            payments_per_commit: {
+                let (payments, commits) = outcome
+                    .commit_sizes
+                    .iter()
+                    .fold((0, 0), |(p, c), &(size, n)| (p + size * n, c + n));
+                payments as f64 / commits.max(1) as f64
+            },
+            commit_sizes: outcome.commit_sizes.clone(),
         }
     }
 }
@@ -155,11 +190,11 @@ impl Report {
         }
         if !self.loads.is_empty() {
             let cores = self.loads[0].cpu.cores * 100;
-            println!("| scenario | listen | nodes | partners | sockets | target/s | payments/s | share of ceiling | events delivered/s | p50 ms | p90 ms | p99 ms | max ms | lost | dup | failed req | closed early | listener kills | server CPU % | LISTEN backend CPU % | server peak RSS MiB | PostgreSQL CPU % | PostgreSQL CPU ms per payment | generator CPU % | machine busy % (of {cores}) |");
-            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!("| scenario | listen | nodes | partners | sockets | target/s | payments/s | share of ceiling | events delivered/s | p50 ms | p90 ms | p99 ms | max ms | lost | dup | failed req | closed early | listener kills | server CPU % | LISTEN backend CPU % | server peak RSS MiB | PostgreSQL CPU % | PostgreSQL CPU ms per payment | payments per commit | generator CPU % | machine busy % (of {cores}) |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             for r in &self.loads {
                 println!(
-                    "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1} | {:.0} | {:.2} | {:.0} | {:.0} |",
+                    "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {:.0} | {} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} | {:.0} |",
                     r.scenario,
                     r.listen_mode.as_str(),
                     r.nodes,
@@ -185,9 +220,22 @@ impl Report {
                     r.server_peak_rss_mib,
                     r.cpu.postgres_percent,
                     r.postgres_cpu_ms_per_payment,
+                    r.payments_per_commit,
                     r.cpu.generator_percent,
                     r.cpu.machine_busy_percent,
                 );
+            }
+            println!();
+            println!(
+                "Commits by the number of payments they verified (the batch-size histogram):\n"
+            );
+            for r in &self.loads {
+                let buckets = size_buckets(&r.commit_sizes)
+                    .into_iter()
+                    .map(|(label, n)| format!("{label}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                println!("- {}: {buckets}", r.scenario);
             }
             println!();
         }

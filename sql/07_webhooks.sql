@@ -140,7 +140,7 @@ $$;
 COMMENT ON FUNCTION attribute_payment(text, text, bigint, timestamptz, text) IS
     'The partner a provider''s payment earns for: the one its metadata names (attributing the customer if it was not yet), else the customer''s partner while within that partner''s recurring_months of the first attributed payment, else NULL. Called by the engine when it records a provider''s payment.';
 
-CREATE OR REPLACE FUNCTION apply_stored_event(p_provider text, p_event_id text)
+CREATE OR REPLACE FUNCTION apply_stored_event_before_verify(p_provider text, p_event_id text)
 RETURNS webhook_events
 LANGUAGE plpgsql
 AS $$
@@ -266,10 +266,22 @@ BEGIN
            applied_at = CASE WHEN v_outcome <> 'parked' AND w.outcome = 'parked' THEN now() END
      WHERE w.provider = e.provider AND w.event_id = e.event_id
     RETURNING * INTO e;
+    RETURN e;
+END
+$$;
+COMMENT ON FUNCTION apply_stored_event_before_verify(text, text) IS
+    'Engine internals: applies one event of webhook_events as its action says (see the head of sql/07_webhooks.sql) and records the outcome, or parks it with its reason, all but the verification itself: an outcome of verified leaves its payment pending, locked, for the caller to verify.';
 
+CREATE OR REPLACE FUNCTION apply_stored_event(p_provider text, p_event_id text)
+RETURNS webhook_events
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    e webhook_events := apply_stored_event_before_verify(p_provider, p_event_id);
+BEGIN
     -- The engine runs last, after every row this event touches is written.
-    IF v_outcome = 'verified' THEN
-        PERFORM verify_payment(v_payment_id);
+    IF e.outcome = 'verified' THEN
+        PERFORM verify_payment(e.payment_id);
     END IF;
     RETURN e;
 END
@@ -322,6 +334,85 @@ END
 $$;
 COMMENT ON FUNCTION apply_webhook_event(text, text, text, jsonb, text, text, bigint, text, bigint, text, text, timestamptz, text) IS
     'Applies one signature-checked provider event: records it in webhook_events (a redelivery returns duplicate and changes nothing), then applies it or parks it. Returns the outcome, the payment and why it is parked. Called by the service once per webhook.';
+
+-- Many events, one transaction (the service's batcher,
+-- src/db/webhook_batch.rs): one COMMIT, one WAL flush and one NOTIFY per
+-- partner for the lot, and the engine runs once over every payment the batch verifies.
+--
+-- Each event goes through the same steps as apply_webhook_event, so its
+-- outcome is the one it would have had alone, in the batch's order. Two
+-- rules keep it so:
+--   * The events are taken in (provider, reference) order, arrival order
+--     within a reference: every batch takes the references' locks in the
+--     same order, so two batches in flight at once wait for each other
+--     instead of deadlocking over them.
+--   * Verifications wait until the end, so that the engine earns them all in
+--     one statement; but an event about a payment the batch is about to
+--     verify first has those verifications done, so that it sees the
+--     payment as it would have alone (a refund right behind its charge
+--     refunds it, a second charge event for it is already_verified).
+-- A customer's row (recurring attribution) is locked after its payment's
+-- reference, as it is alone; two batches whose payments share customers in
+-- crossed order can deadlock, and PostgreSQL's deadlock check
+-- (deadlock_timeout, 1 s by default) fails one of them, whose events are
+-- then applied alone.
+-- An error anywhere (a deadlock with a DBA, a constraint a DBA added) rolls
+-- the whole batch back and the service applies each of its events alone,
+-- so one bad event costs its neighbours a retry, never their answer.
+CREATE OR REPLACE FUNCTION apply_webhook_events(p_events jsonb)
+RETURNS TABLE (ordinal integer, outcome text, payment_id bigint, parked_reason text)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    r            record;
+    e            webhook_events;
+    v_pending    bigint[] := '{}';  -- payments to verify, recorded or found pending by this batch
+    v_references text[]   := '{}';  -- their provider:reference
+BEGIN
+    IF jsonb_typeof(p_events) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'apply_webhook_events takes a JSON array of events, not %', coalesce(jsonb_typeof(p_events), 'NULL')
+            USING ERRCODE = 'CM002';
+    END IF;
+    FOR r IN
+        SELECT o.n::integer AS n, x.*
+          FROM jsonb_array_elements(p_events) WITH ORDINALITY AS o (event, n)
+         CROSS JOIN LATERAL jsonb_to_record(o.event) AS x (
+               provider text, event_id text, event_type text, payload jsonb, action text, reference text,
+               amount_minor bigint, currency text, partner_id bigint, object_id text, object_state text,
+               occurred_at timestamptz, customer_id text)
+         ORDER BY x.provider, x.reference NULLS LAST, o.n
+    LOOP
+        IF r.reference IS NOT NULL AND (r.provider || ':' || r.reference) = ANY (v_references) THEN
+            UPDATE payments p SET status = 'verified' WHERE p.id = ANY (v_pending);
+            v_pending := '{}';
+            v_references := '{}';
+        END IF;
+        INSERT INTO webhook_events (provider, event_id, event_type, outcome, payload, action, reference,
+                                    amount_minor, currency, partner_id, object_id, object_state, occurred_at, customer_id)
+        VALUES (r.provider, r.event_id, r.event_type, 'processing', r.payload, r.action, r.reference,
+                r.amount_minor, r.currency, r.partner_id, r.object_id, r.object_state, r.occurred_at, r.customer_id)
+        ON CONFLICT ON CONSTRAINT webhook_events_pkey DO NOTHING;
+        IF NOT FOUND THEN
+            RETURN QUERY SELECT r.n, 'duplicate'::text, NULL::bigint, NULL::text;
+            CONTINUE;
+        END IF;
+        IF r.reference IS NOT NULL THEN
+            PERFORM provider_reference_lock(r.provider, r.reference);
+        END IF;
+        e := apply_stored_event_before_verify(r.provider, r.event_id);
+        IF e.outcome = 'verified' THEN
+            v_pending := v_pending || e.payment_id;
+            v_references := v_references || (r.provider || ':' || r.reference);
+        END IF;
+        RETURN QUERY SELECT r.n, e.outcome, e.payment_id, e.parked_reason;
+    END LOOP;
+    IF cardinality(v_pending) > 0 THEN
+        UPDATE payments p SET status = 'verified' WHERE p.id = ANY (v_pending);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION apply_webhook_events(jsonb) IS
+    'Applies many signature-checked provider events in one transaction, each as apply_webhook_event would alone (a JSON array of objects with its arguments as keys: provider, event_id, event_type, payload, action, reference, amount_minor, currency, partner_id, object_id, object_state, occurred_at, customer_id). Returns each event''s outcome by its position in the array (1-based). Called by the service''s webhook batcher.';
 
 CREATE OR REPLACE FUNCTION apply_parked_events(p_provider text, p_reference text)
 RETURNS int

@@ -33,7 +33,7 @@ DECLARE
     v_service   text[] := ARRAY[
         'lock_payment', 'change_payment_status', 'verify_payment', 'refund_payment', 'fail_payment',
         'record_payment', 'create_partner', 'update_partner', 'set_partner_recurring_months', 'mark_notification_read',
-        'apply_webhook_event', 'record_rejected_webhook_event', 'reapply_parked_events',
+        'apply_webhook_event', 'apply_webhook_events', 'record_rejected_webhook_event', 'reapply_parked_events',
         -- The lifecycle (08_lifecycle.sql): the approval timer, payouts, hold periods.
         'approve_due_commissions', 'create_payouts', 'change_payout_state', 'mark_payout_sent',
         'mark_payout_paid', 'mark_payout_failed', 'set_partner_hold_days',

@@ -143,6 +143,23 @@ pub struct ServeConfig {
     pub identity_provider: IdentityProviderConfig,
     #[command(flatten)]
     pub partner_webhooks: PartnerWebhooksConfig,
+    #[command(flatten)]
+    pub webhook_batches: WebhookBatchConfig,
+}
+
+/// Provider webhooks that arrive together are applied in one transaction
+/// (`src/db/webhook_batch.rs`). No timer: a lone webhook is applied at once.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookBatchConfig {
+    /// The most provider events applied in one transaction. 1: each in its own, as
+    /// before batching.
+    #[arg(long, env = "WEBHOOK_BATCH_MAX", default_value_t = 64)]
+    pub webhook_batch_max: usize,
+    /// Batches this node has in the database at once. While they are all in flight,
+    /// webhooks that arrive wait and go together in the next one; fewer in flight
+    /// means bigger batches (less PostgreSQL CPU per payment) sooner.
+    #[arg(long, env = "WEBHOOK_BATCHES_IN_FLIGHT", default_value_t = 2)]
+    pub webhook_batches_in_flight: usize,
 }
 
 /// Outbound partner webhooks: how this node sends (see `src/partner_webhooks/`).
@@ -305,6 +322,8 @@ pub enum ConfigError {
     JwtSecretPlaceholder,
     #[error("JWKS_URL must be an http:// or https:// URL")]
     JwksUrl,
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
 }
 
 impl ServeConfig {
@@ -314,6 +333,12 @@ impl ServeConfig {
     pub fn validated(mut self) -> Result<Self, ConfigError> {
         check_jwt_secret(&self.jwt_secret)?;
         self.identity_provider.check()?;
+        if self.webhook_batches.webhook_batch_max == 0 {
+            return Err(ConfigError::Zero("WEBHOOK_BATCH_MAX"));
+        }
+        if self.webhook_batches.webhook_batches_in_flight == 0 {
+            return Err(ConfigError::Zero("WEBHOOK_BATCHES_IN_FLIGHT"));
+        }
         for (name, secret) in [
             ("STRIPE_WEBHOOK_SECRET", &mut self.stripe_webhook_secret),
             ("PAYSTACK_SECRET_KEY", &mut self.paystack_secret_key),

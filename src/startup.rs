@@ -50,7 +50,9 @@ impl Application {
         .await
         .context("cannot read the head of the event log")?;
         let verifier = Verifier::new(config.jwt_secret.expose(), &config.identity_provider)?;
+        let webhooks = db::webhook_batch::Batcher::start(db.clone(), &config.webhook_batches);
         let state = AppState {
+            webhooks,
             db,
             config: Arc::new(config),
             relay,

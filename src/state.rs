@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::{auth::Verifier, config::ServeConfig, realtime::Relay};
+use crate::{auth::Verifier, config::ServeConfig, db::webhook_batch::Batcher, realtime::Relay};
 
 /// Everything a request handler may need. Cheap to clone.
 #[derive(Clone)]
@@ -16,4 +16,6 @@ pub struct AppState {
     pub relay: Relay,
     /// Checks every token (REST, idempotency, WebSocket).
     pub verifier: Arc<Verifier>,
+    /// Applies provider webhooks that arrive together in one transaction.
+    pub webhooks: Batcher,
 }

@@ -4,6 +4,8 @@
 mod migrate;
 /// TLS for the tokio-postgres connections, from the same `sslmode` and `sslrootcert` as the pool.
 pub mod tls;
+/// Provider webhooks that arrive together, applied in one transaction.
+pub mod webhook_batch;
 
 use std::{str::FromStr, time::Duration};
 

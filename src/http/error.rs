@@ -66,6 +66,17 @@ pub struct Problem {
     pub detail: Option<String>,
 }
 
+impl From<crate::db::webhook_batch::BatchError> for Error {
+    fn from(error: crate::db::webhook_batch::BatchError) -> Error {
+        use crate::db::webhook_batch::BatchError;
+        match error {
+            BatchError::Database(e) => Error::Database(e),
+            BatchError::Closed => Error::Unavailable(error.to_string()),
+            BatchError::NoAnswer(..) => Error::Internal(error.into()),
+        }
+    }
+}
+
 impl Error {
     /// Our engine raises its own SQLSTATEs (see `sql/`); map them to what they mean over HTTP.
     fn from_database(error: &sqlx::Error) -> Option<Error> {

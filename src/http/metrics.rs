@@ -12,14 +12,22 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process's recorder, installed on first use.
 pub fn handle() -> &'static PrometheusHandle {
     RECORDER.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Batch sizes as a histogram (how many events each commit carried),
+        // not the summary the exporter gives by default.
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("webhook_batch_size".into()),
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            )
+            .expect("the bucket list is not empty")
+            .build_recorder();
         let handle = recorder.handle();
         // An embedding program may have installed its own recorder first;
         // the metrics then go there and this endpoint has nothing to show.

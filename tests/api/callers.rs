@@ -115,6 +115,18 @@ impl TestApp {
             .expect("request")
     }
 
+    /// The node's `/metrics`, as Prometheus scrapes it.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("a text body")
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar::<_, i64>(sql)
             .fetch_one(&self.db.pool)

@@ -320,6 +320,9 @@ impl ServeProcess {
             .arg("serve")
             .env("DATABASE_URL", database_url)
             .env("DB_MAX_CONNECTIONS", "6")
+            // Batches of two: a kill then lands between commits, with some
+            // webhooks answered, some in a batch in flight and some queued.
+            .env("WEBHOOK_BATCH_MAX", "2")
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("JWT_SECRET", JWT_SECRET)
             .env("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET)

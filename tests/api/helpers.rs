@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use commissions::{
     config::{
         DatabaseConfig, IdentityProviderConfig, ListenMode, PartnerWebhooksConfig, RealtimeConfig,
-        Secret, ServeConfig,
+        Secret, ServeConfig, WebhookBatchConfig,
     },
     db,
     startup::Application,
@@ -223,6 +223,10 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
             partner_webhooks_retry_cap_ms: 400,
             partner_webhooks_concurrency: 4,
             partner_webhooks_allow_http_loopback: true,
+        },
+        webhook_batches: WebhookBatchConfig {
+            webhook_batch_max: 64,
+            webhook_batches_in_flight: 2,
         },
     }
 }

@@ -28,4 +28,5 @@ mod roles;
 mod service;
 mod streams;
 mod tls;
+mod webhook_batches;
 mod webhooks;

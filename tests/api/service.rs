@@ -44,15 +44,7 @@ async fn metrics_count_requests_webhook_outcomes_and_commissions() {
             .await
             .unwrap();
     }
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         !text.contains("XYZZY") && !text.contains("FOOBAR"),
         "{text}"

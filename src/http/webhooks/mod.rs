@@ -38,6 +38,7 @@ use super::{
 };
 use crate::{
     config::{Secret, ServeConfig},
+    db::webhook_batch::StoredEvent,
     state::AppState,
 };
 
@@ -295,7 +296,7 @@ pub async fn receive<P: Provider>(
         )),
     };
     let receipt = match read {
-        Ok((payload, event)) => apply(&state, P::NAME, event, &payload).await?,
+        Ok((payload, event)) => apply(&state, P::NAME, event, payload).await?,
         Err((payload, reason)) => reject(&state, P::NAME, &body, &payload, reason).await?,
     };
     Ok(Json(receipt))
@@ -466,14 +467,15 @@ impl From<Action> for Step {
     }
 }
 
-/// Applies the event in one call to `apply_webhook_event`: its row in
+/// Applies the event with the others that arrive with it, in one call to
+/// `apply_webhook_events` (or `apply_webhook_event` alone): its row in
 /// `webhook_events`, the payment change and the engine, in one transaction
-/// and one round trip (why: sql/07_webhooks.sql).
+/// and one round trip (why: sql/07_webhooks.sql and src/db/webhook_batch.rs).
 async fn apply(
     state: &AppState,
     provider: &'static str,
     event: ProviderEvent,
-    payload: &Value,
+    payload: Value,
 ) -> Result<Receipt> {
     let ProviderEvent {
         id: event_id,
@@ -482,25 +484,24 @@ async fn apply(
         action,
     } = event;
     let step = Step::from(action);
-    let applied = sqlx::query!(
-        r#"SELECT outcome AS "outcome!", payment_id, parked_reason
-             FROM apply_webhook_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"#,
-        provider,
-        event_id,
-        event_type,
-        payload,
-        step.action,
-        step.reference,
-        step.amount_minor,
-        step.currency,
-        step.partner_id,
-        step.object_id,
-        step.object_state,
-        occurred_at,
-        step.customer_id
-    )
-    .fetch_one(&state.db)
-    .await?;
+    let applied = state
+        .webhooks
+        .apply(StoredEvent {
+            provider,
+            event_id: event_id.clone(),
+            event_type: event_type.clone(),
+            payload,
+            action: step.action,
+            reference: step.reference,
+            amount_minor: step.amount_minor,
+            currency: step.currency,
+            partner_id: step.partner_id,
+            object_id: step.object_id,
+            object_state: step.object_state,
+            occurred_at,
+            customer_id: step.customer_id,
+        })
+        .await?;
     let outcome = Outcome::from_sql(&applied.outcome)?;
     let payment_id = applied.payment_id;
     if outcome != Outcome::Duplicate {
