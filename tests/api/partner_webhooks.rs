@@ -20,7 +20,9 @@ use sha2::Sha256;
 
 use crate::{
     callers::{admin_token, json, now, partner_token, problem},
-    helpers::{create_partner, create_payment, spawn_app_with, spawn_node, TestApp, TestDatabase},
+    helpers::{
+        create_partner, create_payment, spawn_app_with, spawn_node, until, TestApp, TestDatabase,
+    },
 };
 
 /// What the receiver answers.
@@ -262,25 +264,6 @@ async fn receive(State(inbox): State<Shared>, headers: HeaderMap, body: String) 
         (_, Some(status)) => StatusCode::from_u16(status).unwrap(),
         // Never answers; the connection is dropped by the sender's timeout or death.
         _ => std::future::pending().await,
-    }
-}
-
-/// Polls `check` until it returns `Some`, for at most 30 s.
-async fn until<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

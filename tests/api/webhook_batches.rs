@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::{
     callers::{json, problem},
-    helpers::{create_partner, spawn_app_with, TestApp, TestDatabase},
+    helpers::{create_partner, spawn_app_with, until, TestApp, TestDatabase},
     realtime::{events, open, partner_token, seqs},
 };
 
@@ -355,18 +355,22 @@ async fn as_one_batch(
     let blocked_body = stripe_charge(&format!("evt_block_{tag}"), &blocked_ref, 100_000, partner);
     let the_rest = async {
         // The blocked event is in the database, waiting for the reference.
-        wait_for(|| async {
-            app.count(
-                "SELECT count(*) FROM pg_stat_activity
-                  WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
-            )
-            .await
-                == 1
+        until("the blocked event waiting for its reference", || async {
+            let waiting = app
+                .count(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                )
+                .await;
+            (waiting == 1).then_some(())
         })
         .await;
         let sends = join_all(bodies.iter().map(|b| app.stripe(b)));
         let queued_then_released = async {
-            wait_for(|| async { waiting(app).await == bodies.len() as i64 }).await;
+            until("every event queued for the next batch", || async {
+                (waiting(app).await == bodies.len() as i64).then_some(())
+            })
+            .await;
             blocker.release().await;
         };
         tokio::join!(sends, queued_then_released).0
@@ -374,18 +378,6 @@ async fn as_one_batch(
     let (blocked, responses) = tokio::join!(app.stripe(&blocked_body), the_rest);
     assert_eq!(json(blocked, 200).await["outcome"], "verified");
     responses
-}
-
-async fn wait_for<F, Fut>(mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
