@@ -45,6 +45,44 @@ LANGUAGE plpgsql
 AS $$ BEGIN RETURN change_payment_status(p_payment_id, 'verified'); END $$;
 COMMENT ON FUNCTION verify_payment(bigint) IS 'Verifies a pending payment, earning its commission.';
 
+-- Many verifications in one statement, so the engine runs once over them all
+-- and the transaction commits (and notifies each partner) once: what the
+-- service does with admin verifications that arrive together. A payment
+-- that is not pending, or not there, is skipped rather than raised, so one
+-- of them does not cost the others their verification; the caller sees
+-- verified = false and can call verify_payment for it to get its error.
+CREATE OR REPLACE FUNCTION verify_payments(p_payment_ids bigint[])
+RETURNS TABLE (ordinal integer, payment_id bigint, verified boolean, commission_id bigint)
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_verified bigint[];
+BEGIN
+    -- Rows locked in id order, so that two of these calls never wait on
+    -- each other in a circle.
+    PERFORM 1 FROM payments p WHERE p.id = ANY (p_payment_ids) ORDER BY p.id FOR UPDATE;
+    WITH done AS (
+        UPDATE payments p SET status = 'verified'
+         WHERE p.id = ANY (p_payment_ids) AND p.status = 'pending'
+        RETURNING p.id
+    )
+    SELECT coalesce(array_agg(done.id), '{}') INTO v_verified FROM done;
+    -- A payment asked for twice was verified by the first asking only.
+    RETURN QUERY
+    SELECT r.n, r.id, r.done,
+           CASE WHEN r.done THEN
+               (SELECT max(c.id) FROM commissions c WHERE c.payment_id = r.id AND c.kind = 'earned')
+           END
+      FROM (SELECT u.n::integer AS n, u.id,
+                   u.id = ANY (v_verified) AND u.n = min(u.n) OVER (PARTITION BY u.id) AS done
+              FROM unnest(p_payment_ids) WITH ORDINALITY AS u(id, n)) r
+     ORDER BY r.n;
+END
+$$;
+COMMENT ON FUNCTION verify_payments(bigint[]) IS
+    'Verifies every pending payment of the list in one statement (rows locked in id order); one row per list element: verified is false for a payment that was not pending, does not exist or was asked for earlier in the list; commission_id is the earned entry, if any.';
+
 DROP FUNCTION IF EXISTS refund_payment(bigint);
 CREATE OR REPLACE FUNCTION refund_payment(p_payment_id bigint, p_amount numeric DEFAULT NULL)
 RETURNS payments

@@ -31,7 +31,7 @@ DECLARE
         'publish_commission_entries'];
     -- What the service (and an operator) calls.
     v_service   text[] := ARRAY[
-        'lock_payment', 'change_payment_status', 'verify_payment', 'refund_payment', 'fail_payment',
+        'lock_payment', 'change_payment_status', 'verify_payment', 'verify_payments', 'refund_payment', 'fail_payment',
         'record_payment', 'create_partner', 'update_partner', 'set_partner_recurring_months', 'mark_notification_read',
         'apply_webhook_event', 'apply_webhook_events', 'record_rejected_webhook_event', 'reapply_parked_events',
         -- The lifecycle (08_lifecycle.sql): the approval timer, payouts, hold periods.

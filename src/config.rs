@@ -144,13 +144,14 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub partner_webhooks: PartnerWebhooksConfig,
     #[command(flatten)]
-    pub webhook_batches: WebhookBatchConfig,
+    pub batches: BatchConfig,
 }
 
-/// Provider webhooks that arrive together are applied in one transaction
-/// (`src/db/webhook_batch.rs`). No timer: a lone webhook is applied at once.
+/// Provider webhooks, and admin verifications, that arrive together are
+/// applied in one transaction (`src/db/batch.rs`). No timer: a lone request
+/// is applied at once.
 #[derive(Debug, Clone, Args)]
-pub struct WebhookBatchConfig {
+pub struct BatchConfig {
     /// The most provider events applied in one transaction. 1: each in its own, as
     /// before batching.
     #[arg(long, env = "WEBHOOK_BATCH_MAX", default_value_t = 64)]
@@ -160,6 +161,29 @@ pub struct WebhookBatchConfig {
     /// means bigger batches (less PostgreSQL CPU per payment) sooner.
     #[arg(long, env = "WEBHOOK_BATCHES_IN_FLIGHT", default_value_t = 2)]
     pub webhook_batches_in_flight: usize,
+    /// The most admin verifications (`POST /api/payments/{id}/verify`) applied in one
+    /// transaction. 1: each in its own.
+    #[arg(long, env = "VERIFY_BATCH_MAX", default_value_t = 64)]
+    pub verify_batch_max: usize,
+    /// Verification batches this node has in the database at once.
+    #[arg(long, env = "VERIFY_BATCHES_IN_FLIGHT", default_value_t = 2)]
+    pub verify_batches_in_flight: usize,
+}
+
+impl BatchConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("WEBHOOK_BATCH_MAX", self.webhook_batch_max),
+            ("WEBHOOK_BATCHES_IN_FLIGHT", self.webhook_batches_in_flight),
+            ("VERIFY_BATCH_MAX", self.verify_batch_max),
+            ("VERIFY_BATCHES_IN_FLIGHT", self.verify_batches_in_flight),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Outbound partner webhooks: how this node sends (see `src/partner_webhooks/`).
@@ -333,12 +357,7 @@ impl ServeConfig {
     pub fn validated(mut self) -> Result<Self, ConfigError> {
         check_jwt_secret(&self.jwt_secret)?;
         self.identity_provider.check()?;
-        if self.webhook_batches.webhook_batch_max == 0 {
-            return Err(ConfigError::Zero("WEBHOOK_BATCH_MAX"));
-        }
-        if self.webhook_batches.webhook_batches_in_flight == 0 {
-            return Err(ConfigError::Zero("WEBHOOK_BATCHES_IN_FLIGHT"));
-        }
+        self.batches.check()?;
         for (name, secret) in [
             ("STRIPE_WEBHOOK_SECRET", &mut self.stripe_webhook_secret),
             ("PAYSTACK_SECRET_KEY", &mut self.paystack_secret_key),

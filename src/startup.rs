@@ -9,7 +9,14 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
-use crate::{auth::Verifier, config::ServeConfig, db, http, realtime::Relay, state::AppState};
+use crate::{
+    auth::Verifier,
+    config::ServeConfig,
+    db::{self, batch::Batcher, webhook_batch::Webhooks},
+    http::{self, verifications::Verifications},
+    realtime::Relay,
+    state::AppState,
+};
 
 /// How long shutdown waits for the sockets to close.
 const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -50,9 +57,20 @@ impl Application {
         .await
         .context("cannot read the head of the event log")?;
         let verifier = Verifier::new(config.jwt_secret.expose(), &config.identity_provider)?;
-        let webhooks = db::webhook_batch::Batcher::start(db.clone(), &config.webhook_batches);
+        let batches = &config.batches;
+        let webhooks = Batcher::start(
+            Webhooks { db: db.clone() },
+            batches.webhook_batch_max,
+            batches.webhook_batches_in_flight,
+        );
+        let verifications = Batcher::start(
+            Verifications { db: db.clone() },
+            batches.verify_batch_max,
+            batches.verify_batches_in_flight,
+        );
         let state = AppState {
             webhooks,
+            verifications,
             db,
             config: Arc::new(config),
             relay,

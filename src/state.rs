@@ -5,7 +5,13 @@
 
 use std::sync::Arc;
 
-use crate::{auth::Verifier, config::ServeConfig, db::webhook_batch::Batcher, realtime::Relay};
+use crate::{
+    auth::Verifier,
+    config::ServeConfig,
+    db::{batch::Batcher, webhook_batch::Webhooks},
+    http::verifications::Verifications,
+    realtime::Relay,
+};
 
 /// Everything a request handler may need. Cheap to clone.
 #[derive(Clone)]
@@ -17,5 +23,8 @@ pub struct AppState {
     /// Checks every token (REST, idempotency, WebSocket).
     pub verifier: Arc<Verifier>,
     /// Applies provider webhooks that arrive together in one transaction.
-    pub webhooks: Batcher,
+    pub webhooks: Batcher<Webhooks>,
+    /// Applies admin verifications that arrive together in one transaction.
+    /// (The one thing here from `http`: what it batches are `http` requests.)
+    pub verifications: Batcher<Verifications>,
 }

@@ -1,6 +1,8 @@
 //! PostgreSQL access for the API: the pool, and the migrator that installs
 //! the schema (`migrations/`) and the engine (`sql/`).
 
+/// Requests that arrive together, applied in one transaction.
+pub mod batch;
 mod migrate;
 /// TLS for the tokio-postgres connections, from the same `sslmode` and `sslrootcert` as the pool.
 pub mod tls;

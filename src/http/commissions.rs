@@ -38,6 +38,8 @@ pub struct Filter<'a> {
     pub kind: Option<&'a str>,
     /// Keyset cursor: only entries with a smaller id.
     pub before: Option<i64>,
+    /// Only these entries.
+    pub ids: Option<&'a [i64]>,
 }
 
 pub async fn list(
@@ -59,13 +61,15 @@ pub async fn list(
               AND ($2::bigint IS NULL OR c.payment_id = $2)
               AND ($3::text IS NULL OR c.kind::text = $3)
               AND ($4::bigint IS NULL OR c.id < $4)
+              AND ($6::bigint[] IS NULL OR c.id = ANY($6))
             ORDER BY c.id DESC
             LIMIT $5"#,
         filter.partner_id,
         filter.payment_id,
         filter.kind,
         filter.before,
-        limit
+        limit,
+        filter.ids
     )
     .fetch_all(db)
     .await

@@ -71,8 +71,7 @@ impl From<crate::db::webhook_batch::BatchError> for Error {
         use crate::db::webhook_batch::BatchError;
         match error {
             BatchError::Database(e) => Error::Database(e),
-            BatchError::Closed => Error::Unavailable(error.to_string()),
-            BatchError::NoAnswer(..) => Error::Internal(error.into()),
+            BatchError::Stopped(stopped) => stopped.into(),
         }
     }
 }

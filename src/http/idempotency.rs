@@ -139,23 +139,36 @@ pub struct Claim(Arc<Scope>);
 /// Marks the request's claim applied, in the caller's transaction: the mark
 /// commits if and only if the effect does.
 pub async fn mark_applied(tx: &mut sqlx::PgConnection, claim: Option<&Claim>) -> Result<()> {
-    let Some(Claim(scope)) = claim else {
+    mark_all_applied(tx, claim.as_slice()).await
+}
+
+/// [`mark_applied`] for the requests of a batch that share one transaction.
+pub async fn mark_all_applied(tx: &mut sqlx::PgConnection, claims: &[&Claim]) -> Result<()> {
+    if claims.is_empty() {
         return Ok(());
+    }
+    let column = |field: fn(&Scope) -> &String| -> Vec<String> {
+        claims
+            .iter()
+            .map(|Claim(scope)| field(scope).clone())
+            .collect()
     };
     let marked = sqlx::query!(
-        "UPDATE idempotency_keys SET applied_at = now()
-          WHERE caller = $1 AND method = $2 AND route = $3 AND key = $4 AND state = 'in_progress'",
-        scope.caller,
-        scope.method,
-        scope.route,
-        scope.key
+        "UPDATE idempotency_keys k SET applied_at = now()
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS c(caller, method, route, key)
+          WHERE (k.caller, k.method, k.route, k.key) = (c.caller, c.method, c.route, c.key)
+            AND k.state = 'in_progress'",
+        &column(|s| &s.caller),
+        &column(|s| &s.method),
+        &column(|s| &s.route),
+        &column(|s| &s.key)
     )
     .execute(tx)
     .await?
     .rows_affected();
-    // The claim is gone (an operator released it while this request ran):
-    // an effect without its mark could run again, so it rolls back instead.
-    if marked != 1 {
+    // A claim is gone (an operator released it while this request ran): an
+    // effect without its mark could run again, so it rolls back instead.
+    if marked != claims.len() as u64 {
         return Err(Error::Conflict(
             "this request's Idempotency-Key was released while it ran: nothing was changed, send it again".into(),
         ));

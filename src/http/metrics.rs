@@ -21,11 +21,12 @@ pub fn handle() -> &'static PrometheusHandle {
     RECORDER.get_or_init(|| {
         // Batch sizes as a histogram (how many events each commit carried),
         // not the summary the exporter gives by default.
+        let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full("webhook_batch_size".into()),
-                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
-            )
+            .set_buckets_for_metric(Matcher::Full("webhook_batch_size".into()), &sizes)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full("verify_batch_size".into()), &sizes)
+            })
             .expect("the bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();

@@ -45,6 +45,8 @@ mod payments;
 mod payouts;
 /// `/notifications`: the WebSocket upgrade, handed to `realtime::socket`.
 mod stream;
+/// Admin verifications that arrive together, applied in one transaction.
+pub mod verifications;
 /// `/webhooks/stripe` and `/webhooks/paystack`.
 pub mod webhooks;
 

@@ -16,6 +16,7 @@ use super::{
     idempotency::{self, Claim},
     metrics,
     money::{self, Amount},
+    verifications::Verification,
 };
 use crate::state::AppState;
 
@@ -42,17 +43,24 @@ pub struct Payment {
 }
 
 pub async fn fetch(db: impl sqlx::PgExecutor<'_>, id: i64) -> Result<Payment> {
-    sqlx::query_as!(
+    fetch_all(db, &[id])
+        .await?
+        .pop()
+        .ok_or_else(|| Error::NotFound(format!("payment {id} does not exist")))
+}
+
+/// The payments of `ids` that exist, in no particular order.
+pub async fn fetch_all(db: impl sqlx::PgExecutor<'_>, ids: &[i64]) -> Result<Vec<Payment>> {
+    Ok(sqlx::query_as!(
         Payment,
         r#"SELECT id, round(amount, minor_units)::text AS "amount!", currency::text AS "currency!", status::text AS "status!",
                   partner_id, provider, provider_reference AS reference, created_at, verified_at, refunded_at,
                   round(refunded_amount, minor_units)::text AS "refunded_amount!"
-             FROM payments WHERE id = $1"#,
-        id
+             FROM payments WHERE id = ANY($1)"#,
+        ids
     )
-    .fetch_optional(db)
-    .await?
-    .ok_or_else(|| Error::NotFound(format!("payment {id} does not exist")))
+    .fetch_all(db)
+    .await?)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -153,8 +161,15 @@ pub async fn verify(
     Path(id): Path<i64>,
 ) -> Result<Json<Verified>> {
     caller.require_admin()?;
-    let (payment, commission) =
-        change_status(&state, id, Transition::Verify, claim.as_deref()).await?;
+    // With the verifications that arrive beside it, in one transaction
+    // (verifications.rs); alone, it is `verify_alone`.
+    let (payment, commission) = state
+        .verifications
+        .apply(Verification {
+            payment_id: id,
+            claim: claim.map(|Extension(claim)| claim),
+        })
+        .await?;
     Ok(Json(Verified {
         payment,
         commission,
@@ -211,8 +226,18 @@ pub async fn refund(
         }
     };
     let (payment, reversal) =
-        change_status(&state, id, Transition::Refund(amount), claim.as_deref()).await?;
+        change_status(&state.db, id, Transition::Refund(amount), claim.as_deref()).await?;
     Ok(Json(Refunded { payment, reversal }))
+}
+
+/// Verifies one payment in its own transaction: what a verification that
+/// arrives alone gets, and the one a batch leaves out (its error is this one's).
+pub(super) async fn verify_alone(
+    db: &sqlx::PgPool,
+    id: i64,
+    claim: Option<&Claim>,
+) -> Result<(Payment, Option<Commission>)> {
+    change_status(db, id, Transition::Verify, claim).await
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -228,12 +253,12 @@ enum Transition {
 /// that order the event log are taken by the engine at COMMIT
 /// (sql/03_commission_engine.sql), so reading here holds up no one else.
 async fn change_status(
-    state: &AppState,
+    db: &sqlx::PgPool,
     id: i64,
     transition: Transition,
     claim: Option<&Claim>,
 ) -> Result<(Payment, Option<Commission>)> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = db.begin().await?;
     // The payment's lock first, then the ledger's last entry: an entry that a
     // concurrent refund of this payment appends is then ours to wait for,
     // never taken for the one this call appends.

@@ -127,6 +127,16 @@ impl TestApp {
             .expect("a text body")
     }
 
+    /// A gauge of the node's `/metrics` (each test runs in a process of its
+    /// own under nextest, so the gauge is this node's); 0 before it is set.
+    pub async fn gauge(&self, name: &str) -> i64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0, |v| v.trim().parse::<f64>().unwrap() as i64)
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar::<_, i64>(sql)
             .fetch_one(&self.db.pool)

@@ -5,8 +5,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use commissions::{
     config::{
-        DatabaseConfig, IdentityProviderConfig, ListenMode, PartnerWebhooksConfig, RealtimeConfig,
-        Secret, ServeConfig, WebhookBatchConfig,
+        BatchConfig, DatabaseConfig, IdentityProviderConfig, ListenMode, PartnerWebhooksConfig,
+        RealtimeConfig, Secret, ServeConfig,
     },
     db,
     startup::Application,
@@ -224,9 +224,11 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
             partner_webhooks_concurrency: 4,
             partner_webhooks_allow_http_loopback: true,
         },
-        webhook_batches: WebhookBatchConfig {
+        batches: BatchConfig {
             webhook_batch_max: 64,
             webhook_batches_in_flight: 2,
+            verify_batch_max: 64,
+            verify_batches_in_flight: 2,
         },
     }
 }

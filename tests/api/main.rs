@@ -28,5 +28,6 @@ mod roles;
 mod service;
 mod streams;
 mod tls;
+mod verify_batches;
 mod webhook_batches;
 mod webhooks;

@@ -308,16 +308,6 @@ fn stripe_charge(event_id: &str, intent: &str, amount_minor: i64, partner: i64) 
     .to_string()
 }
 
-/// The node's gauge of webhooks waiting for a batch (each test runs in a
-/// process of its own under nextest, so the gauge is this node's).
-async fn waiting(app: &TestApp) -> i64 {
-    app.metrics()
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix("webhook_events_waiting "))
-        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as i64)
-}
-
 /// Holds one payment's reference in a DBA's open transaction, so that the
 /// node's only batch slot is busy with the event about it, and the events
 /// sent meanwhile queue and leave together once it is released.
@@ -368,7 +358,7 @@ async fn as_one_batch(
         let sends = join_all(bodies.iter().map(|b| app.stripe(b)));
         let queued_then_released = async {
             until("every event queued for the next batch", || async {
-                (waiting(app).await == bodies.len() as i64).then_some(())
+                (app.gauge("webhook_events_waiting").await == bodies.len() as i64).then_some(())
             })
             .await;
             blocker.release().await;
@@ -384,8 +374,8 @@ async fn as_one_batch(
 async fn webhooks_that_arrive_together_commit_together_and_a_bad_one_fails_alone() {
     let db = TestDatabase::new().await;
     let app = spawn_app_with(db, |c| {
-        c.webhook_batches.webhook_batches_in_flight = 1;
-        c.webhook_batches.webhook_batch_max = 64;
+        c.batches.webhook_batches_in_flight = 1;
+        c.batches.webhook_batch_max = 64;
     })
     .await;
     let partner = create_partner(&app.db.pool, "Acme", None).await;
