@@ -59,9 +59,13 @@ AS $$
 DECLARE
     v_verified bigint[];
 BEGIN
-    -- Rows locked in id order, so that two of these calls never wait on
-    -- each other in a circle.
-    PERFORM 1 FROM payments p WHERE p.id = ANY (p_payment_ids) ORDER BY p.id FOR UPDATE;
+    -- The pending rows locked in id order, so that two of these calls never
+    -- wait on each other in a circle. Only those: a payment that is not
+    -- pending is skipped, so waiting for its lock (a refund's, a payout's)
+    -- would hold up the batch, and locking it could close a circle with a
+    -- webhook batch that locks by reference. A row waited for is checked
+    -- again once free, and skipped if it is no longer pending.
+    PERFORM 1 FROM payments p WHERE p.id = ANY (p_payment_ids) AND p.status = 'pending' ORDER BY p.id FOR UPDATE;
     WITH done AS (
         UPDATE payments p SET status = 'verified'
          WHERE p.id = ANY (p_payment_ids) AND p.status = 'pending'

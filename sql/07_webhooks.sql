@@ -371,12 +371,23 @@ COMMENT ON FUNCTION apply_webhook_event(text, text, text, jsonb, text, text, big
 -- partner for the lot, and the engine runs once over every payment the batch verifies.
 --
 -- Each event goes through the same steps as apply_webhook_event, so its
--- outcome is the one it would have had alone, in the batch's order. Two
--- rules keep it so:
---   * The events are taken in (provider, reference) order, arrival order
---     within a reference: every batch takes the references' locks in the
---     same order, so two batches in flight at once wait for each other
---     instead of deadlocking over them.
+-- outcome is the one it would have had alone. The rules that keep it so:
+--   * Locks in one order for every batch, so two batches in flight at once
+--     wait for each other instead of deadlocking: first every new event's
+--     row (its primary key, which a redelivery in another transaction waits
+--     on) in (provider, event_id) order, then every reference in
+--     (provider, reference) order, then payments and customers.
+--   * The first delivery of an event id in the batch is recorded; a later
+--     one, or one recorded by an earlier transaction, is duplicate.
+--   * The common case is done set-based, in three statements for the whole
+--     batch: a payment event ('verify') about a reference no other event of
+--     the batch names and no payment has yet, in a known currency, with a
+--     valid amount, a partner that exists or none, and no customer to
+--     attribute. Those are exactly the events whose outcome alone is
+--     verified without reading anything another event of the batch writes.
+--   * Every other event is applied one by one, in (provider, reference)
+--     order, arrival order within a reference, by the steps
+--     apply_webhook_event takes.
 --   * Verifications wait until the end, so that the engine earns them all in
 --     one statement; but an event about a payment the batch is about to
 --     verify first has those verifications done, so that it sees the
@@ -390,39 +401,108 @@ COMMENT ON FUNCTION apply_webhook_event(text, text, text, jsonb, text, text, big
 -- An error anywhere (a deadlock with a DBA, a constraint a DBA added) rolls
 -- the whole batch back and the service applies each of its events alone,
 -- so one bad event costs its neighbours a retry, never their answer.
+CREATE OR REPLACE FUNCTION webhook_batch_events(p_events jsonb)
+RETURNS TABLE (n integer, provider text, event_id text, event_type text, payload jsonb, action text,
+               reference text, amount_minor bigint, currency text, partner_id bigint, object_id text,
+               object_state text, occurred_at timestamptz, customer_id text)
+LANGUAGE sql STABLE
+AS $$
+    SELECT o.n::integer, x.*
+      FROM jsonb_array_elements(p_events) WITH ORDINALITY AS o (event, n)
+     CROSS JOIN LATERAL jsonb_to_record(o.event) AS x (
+           provider text, event_id text, event_type text, payload jsonb, action text, reference text,
+           amount_minor bigint, currency text, partner_id bigint, object_id text, object_state text,
+           occurred_at timestamptz, customer_id text)
+$$;
+COMMENT ON FUNCTION webhook_batch_events(jsonb) IS
+    'Engine internals: the events of an apply_webhook_events batch as rows, each with its 1-based position n.';
+
 CREATE OR REPLACE FUNCTION apply_webhook_events(p_events jsonb)
 RETURNS TABLE (ordinal integer, outcome text, payment_id bigint, parked_reason text)
 LANGUAGE plpgsql
 AS $$
+#variable_conflict use_column
 DECLARE
-    r            record;
-    e            webhook_events;
-    v_pending    bigint[] := '{}';  -- payments to verify, recorded or found pending by this batch
-    v_references text[]   := '{}';  -- their provider:reference
+    r             record;
+    e             webhook_events;
+    v_recorded    integer[];        -- positions of the events this batch records
+    v_fast        integer[] := '{}';  -- positions of those verified set-based
+    v_fast_paid   bigint[]  := '{}';  -- and their payments
+    v_pending     bigint[]  := '{}';  -- payments to verify, recorded or found pending one by one
+    v_references  text[]    := '{}';  -- their provider:reference
 BEGIN
     IF jsonb_typeof(p_events) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'apply_webhook_events takes a JSON array of events, not %', coalesce(jsonb_typeof(p_events), 'NULL')
             USING ERRCODE = 'CM002';
     END IF;
+
+    -- Record: each event id's first delivery in the batch, if no earlier
+    -- transaction recorded it.
+    WITH firsts AS (
+        SELECT DISTINCT ON (x.provider, x.event_id) x.*
+          FROM webhook_batch_events(p_events) x
+         ORDER BY x.provider, x.event_id, x.n
+    ), recorded AS (
+        INSERT INTO webhook_events AS w (provider, event_id, event_type, outcome, payload, action, reference,
+                                         amount_minor, currency, partner_id, object_id, object_state, occurred_at, customer_id)
+        SELECT f.provider, f.event_id, f.event_type, 'processing', f.payload, f.action, f.reference,
+               f.amount_minor, f.currency, f.partner_id, f.object_id, f.object_state, f.occurred_at, f.customer_id
+          FROM firsts f
+         ORDER BY f.provider, f.event_id
+        ON CONFLICT (provider, event_id) DO NOTHING
+        RETURNING w.provider, w.event_id
+    )
+    SELECT coalesce(array_agg(f.n), '{}') INTO v_recorded
+      FROM firsts f JOIN recorded k ON k.provider = f.provider AND k.event_id = f.event_id;
+
+    PERFORM provider_reference_lock(k.provider, k.reference)
+       FROM (SELECT DISTINCT x.provider, x.reference FROM webhook_batch_events(p_events) x
+              WHERE x.n = ANY (v_recorded) AND x.reference IS NOT NULL
+              ORDER BY x.provider, x.reference) k;
+
+    -- The common case, set-based (see above for which events qualify).
+    WITH candidates AS (
+        SELECT x.*, c.minor_units,
+               count(*) OVER (PARTITION BY x.provider, x.reference) AS named
+          FROM webhook_batch_events(p_events) x
+          LEFT JOIN currencies c ON x.currency ~ '^[A-Za-z]{3}$' AND c.code = upper(x.currency)::char(3)
+         WHERE x.n = ANY (v_recorded)
+    ), fast AS (
+        SELECT x.* FROM candidates x
+         WHERE x.action = 'verify' AND x.reference IS NOT NULL AND x.customer_id IS NULL AND x.named = 1
+           AND x.minor_units IS NOT NULL
+           AND x.amount_minor > 0 AND money_from_minor_units(x.amount_minor, x.minor_units) < max_payment_amount()
+           AND (x.partner_id IS NULL OR EXISTS (SELECT 1 FROM partners pa WHERE pa.id = x.partner_id))
+           AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.provider = x.provider AND p.provider_reference = x.reference)
+    ), paid AS (
+        -- Recorded pending, verified at the end: the same state machine as one alone.
+        INSERT INTO payments AS p (amount, currency, partner_id, provider, provider_reference, customer_id)
+        SELECT money_from_minor_units(f.amount_minor, f.minor_units), upper(f.currency), f.partner_id,
+               f.provider, f.reference, NULL
+          FROM fast f
+         ORDER BY f.provider, f.reference
+        RETURNING p.id, p.provider, p.provider_reference
+    ), marked AS (
+        UPDATE webhook_events w SET outcome = 'verified', payment_id = k.id
+          FROM fast f JOIN paid k ON k.provider = f.provider AND k.provider_reference = f.reference
+         WHERE w.provider = f.provider AND w.event_id = f.event_id
+        RETURNING f.n, k.id
+    )
+    SELECT coalesce(array_agg(m.n), '{}'), coalesce(array_agg(m.id), '{}') INTO v_fast, v_fast_paid FROM marked m;
+    RETURN QUERY SELECT f.n, 'verified'::text, f.id, NULL::text FROM unnest(v_fast, v_fast_paid) AS f (n, id);
+    RETURN QUERY SELECT x.n, 'duplicate'::text, NULL::bigint, NULL::text
+                   FROM webhook_batch_events(p_events) x WHERE x.n <> ALL (v_recorded);
+
+    -- The rest, one by one.
     FOR r IN
-        SELECT o.n::integer AS n, x.*
-          FROM jsonb_array_elements(p_events) WITH ORDINALITY AS o (event, n)
-         CROSS JOIN LATERAL jsonb_to_record(o.event) AS x (
-               provider text, event_id text, event_type text, payload jsonb, action text, reference text,
-               amount_minor bigint, currency text, partner_id bigint, object_id text, object_state text,
-               occurred_at timestamptz, customer_id text)
-         ORDER BY x.provider, x.reference NULLS LAST, o.n
+        SELECT x.n, x.provider, x.event_id, x.reference FROM webhook_batch_events(p_events) x
+         WHERE x.n = ANY (v_recorded) AND x.n <> ALL (v_fast)
+         ORDER BY x.provider, x.reference NULLS LAST, x.n
     LOOP
         IF r.reference IS NOT NULL AND (r.provider || ':' || r.reference) = ANY (v_references) THEN
             UPDATE payments p SET status = 'verified' WHERE p.id = ANY (v_pending);
             v_pending := '{}';
             v_references := '{}';
-        END IF;
-        IF NOT record_webhook_event(r.provider, r.event_id, r.event_type, r.payload, r.action, r.reference,
-                                    r.amount_minor, r.currency, r.partner_id, r.object_id, r.object_state,
-                                    r.occurred_at, r.customer_id) THEN
-            RETURN QUERY SELECT r.n, 'duplicate'::text, NULL::bigint, NULL::text;
-            CONTINUE;
         END IF;
         e := apply_stored_event_before_verify(r.provider, r.event_id);
         IF e.outcome = 'verified' THEN
@@ -431,6 +511,7 @@ BEGIN
         END IF;
         RETURN QUERY SELECT r.n, e.outcome, e.payment_id, e.parked_reason;
     END LOOP;
+    v_pending := v_pending || v_fast_paid;
     IF cardinality(v_pending) > 0 THEN
         UPDATE payments p SET status = 'verified' WHERE p.id = ANY (v_pending);
     END IF;

@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 pub enum Stopped {
     #[error("this node is shutting down")]
     Closed,
-    #[error("the batch ended without an answer for request {0} of {1}")]
-    NoAnswer(usize, usize),
+    #[error("the batch ended without an answer to this request")]
+    NoAnswer,
 }
 
 /// The metrics one batcher reports, by name.
@@ -107,17 +107,43 @@ impl<A: Apply> Batcher<A> {
         Batcher { jobs }
     }
 
-    /// Applies one job with whatever else is waiting, once its batch has committed.
+    /// Applies one job with whatever else is waiting, once its batch has
+    /// committed. Dropped while its job is still queued (the request timed
+    /// out, the client went away), the job is never applied.
     pub async fn apply(&self, job: A::Job) -> Answer<A> {
         let (answer, answered) = oneshot::channel();
-        ::metrics::gauge!(A::METRICS.waiting).increment(1.0);
+        let waiting = Waiting::count(A::METRICS.waiting);
         if self.jobs.send(Queued { job, answer }).await.is_err() {
-            ::metrics::gauge!(A::METRICS.waiting).decrement(1.0);
             return Err(Stopped::Closed.into());
         }
+        // Queued: the batcher takes it off the gauge when it takes it.
+        waiting.queued();
         answered
             .await
-            .unwrap_or_else(|_| Err(Stopped::NoAnswer(1, 1).into()))
+            .unwrap_or_else(|_| Err(Stopped::NoAnswer.into()))
+    }
+}
+
+/// One request on the waiting gauge until its job is queued, so that a
+/// request dropped while the queue is full does not stay counted.
+struct Waiting(Option<&'static str>);
+
+impl Waiting {
+    fn count(gauge: &'static str) -> Waiting {
+        ::metrics::gauge!(gauge).increment(1.0);
+        Waiting(Some(gauge))
+    }
+
+    fn queued(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(gauge) = self.0 {
+            ::metrics::gauge!(gauge).decrement(1.0);
+        }
     }
 }
 
@@ -136,14 +162,24 @@ async fn run<A: Apply>(
         let Some(first) = queue.recv().await else {
             return;
         };
+        let mut taken = 1;
         let mut batch = vec![first];
         while batch.len() < max {
             match queue.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => {
+                    taken += 1;
+                    batch.push(job);
+                }
                 Err(_) => break,
             }
         }
-        ::metrics::gauge!(A::METRICS.waiting).decrement(batch.len() as f64);
+        ::metrics::gauge!(A::METRICS.waiting).decrement(taken as f64);
+        // A job whose request is gone (timed out while queued) is not applied:
+        // nobody would learn its outcome.
+        batch.retain(|q| !q.answer.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         tokio::spawn(apply_batch(apply.clone(), batch, slot));
     }
 }

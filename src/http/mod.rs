@@ -162,7 +162,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// tower-http's `TimeoutLayer` answers with an empty body; this answers with
 /// a problem like every other error. The request's future is dropped, which
-/// rolls back any transaction it had open.
+/// rolls back any transaction it had open. A webhook or verification waiting
+/// in its node's batcher is then dropped from the queue too; one already in
+/// a batch in the database is applied with it (`db::batch`): its 408 is the
+/// same "outcome unknown" as any timeout, and the provider's retry or the
+/// Idempotency-Key finds it applied.
 async fn deadline(request: Request, next: Next) -> Response {
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,

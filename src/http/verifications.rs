@@ -35,7 +35,7 @@ impl From<Stopped> for Error {
     fn from(stopped: Stopped) -> Error {
         match stopped {
             Stopped::Closed => Error::Unavailable(stopped.to_string()),
-            Stopped::NoAnswer(..) => Error::Internal(stopped.into()),
+            Stopped::NoAnswer => Error::Internal(stopped.into()),
         }
     }
 }

@@ -120,6 +120,7 @@ fn mixed_events(partner: i64) -> Vec<Value> {
             Some(partner),
         ),
         event("evt_ign", "ignored", None, None, None),
+        // The set-based common case: a payment no other event names.
         event(
             "evt_c",
             "verify",
@@ -127,6 +128,13 @@ fn mixed_events(partner: i64) -> Vec<Value> {
             Some(123_456),
             Some(partner),
         ),
+        event("evt_d", "verify", Some("pi_d"), Some(50_000), None),
+        // A customer to attribute: one by one, as alone.
+        {
+            let mut e = event("evt_e", "verify", Some("pi_e"), Some(70_000), Some(partner));
+            e["customer_id"] = json!("cus_e");
+            e
+        },
     ]
 }
 
@@ -217,6 +225,8 @@ async fn a_batch_gives_every_event_the_outcome_it_has_alone_and_commits_once() {
             "parked",
             "verified",
             "ignored",
+            "verified",
+            "verified",
             "verified"
         ]
     );
