@@ -467,6 +467,15 @@ BEGIN
     IF v.state = p_state THEN
         RAISE EXCEPTION 'illegal state change for payout %: it is already %', p_payout_id, p_state USING ERRCODE = 'CM006';
     END IF;
+    -- Said here in words, before the CHECK constraints would say it by name.
+    IF p_provider_reference IS NOT NULL AND length(btrim(p_provider_reference)) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION 'payout %: a provider reference needs 1 to 200 characters besides spaces', p_payout_id
+            USING ERRCODE = 'CM002';
+    END IF;
+    IF p_failure_reason IS NOT NULL AND length(btrim(p_failure_reason)) NOT BETWEEN 1 AND 500 THEN
+        RAISE EXCEPTION 'payout %: a failure reason needs 1 to 500 characters besides spaces', p_payout_id
+            USING ERRCODE = 'CM002';
+    END IF;
     UPDATE payouts
        SET state = p_state,
            provider_reference = coalesce(p_provider_reference, provider_reference),

@@ -678,6 +678,9 @@ async fn the_state_machines_hold_for_a_dba_in_psql() {
         // Review: its times are the engine's, and a missing state is an illegal change.
         (format!("UPDATE payouts SET sent_at = '2000-01-01', paid_at = '2001-01-01' WHERE id = {id}"), "CM003"),
         (format!("SELECT change_payout_state({id}, NULL, NULL, NULL)"), "CM006"),
+        // Review: blank text is refused in words, not by a constraint's name.
+        (format!("SELECT mark_payout_failed({id}, '   ')"), "CM002"),
+        (format!("SELECT mark_payout_sent({id}, '')"), "CM002"),
     ] {
         let error = client.batch_execute(&sql).await.expect_err(&sql);
         assert_eq!(error.as_db_error().unwrap().code().code(), code, "{sql}: {error}");
