@@ -376,7 +376,8 @@ COMMENT ON FUNCTION apply_webhook_event(text, text, text, jsonb, text, text, big
 --     wait for each other instead of deadlocking: first every new event's
 --     row (its primary key, which a redelivery in another transaction waits
 --     on) in (provider, event_id) order, then every reference in
---     (provider, reference) order, then payments and customers.
+--     (provider, reference) order, then their payments in id order (as a
+--     payout run and verify_payments take them), then customers.
 --   * The first delivery of an event id in the batch is recorded; a later
 --     one, or one recorded by an earlier transaction, is duplicate.
 --   * The common case is done set-based, in three statements for the whole
@@ -385,9 +386,9 @@ COMMENT ON FUNCTION apply_webhook_event(text, text, text, jsonb, text, text, big
 --     valid amount, a partner that exists or none, and no customer to
 --     attribute. Those are exactly the events whose outcome alone is
 --     verified without reading anything another event of the batch writes.
---   * Every other event is applied one by one, in (provider, reference)
---     order, arrival order within a reference, by the steps
---     apply_webhook_event takes.
+--   * Every other event is applied one by one, in arrival order, by the
+--     steps apply_webhook_event takes (a customer's attribution spans
+--     references: an event sees what the events before it attributed).
 --   * Verifications wait until the end, so that the engine earns them all in
 --     one statement; but an event about a payment the batch is about to
 --     verify first has those verifications done, so that it sees the
@@ -459,6 +460,13 @@ BEGIN
        FROM (SELECT DISTINCT x.provider, x.reference FROM webhook_batch_events(p_events) x
               WHERE x.n = ANY (v_recorded) AND x.reference IS NOT NULL
               ORDER BY x.provider, x.reference) k;
+    -- Their payments, in id order, as a payout run and verify_payments lock them.
+    PERFORM 1 FROM payments p
+     WHERE (p.provider, p.provider_reference) IN (
+           SELECT x.provider, x.reference FROM webhook_batch_events(p_events) x
+            WHERE x.n = ANY (v_recorded) AND x.reference IS NOT NULL)
+     ORDER BY p.id
+       FOR UPDATE;
 
     -- The common case, set-based (see above for which events qualify).
     WITH candidates AS (
@@ -493,11 +501,13 @@ BEGIN
     RETURN QUERY SELECT x.n, 'duplicate'::text, NULL::bigint, NULL::text
                    FROM webhook_batch_events(p_events) x WHERE x.n <> ALL (v_recorded);
 
-    -- The rest, one by one.
+    -- The rest, one by one, in arrival order: a customer's attribution
+    -- spans references, so an event must see what the events before it did.
+    -- (Every lock on references and payments is held already.)
     FOR r IN
         SELECT x.n, x.provider, x.event_id, x.reference FROM webhook_batch_events(p_events) x
          WHERE x.n = ANY (v_recorded) AND x.n <> ALL (v_fast)
-         ORDER BY x.provider, x.reference NULLS LAST, x.n
+         ORDER BY x.n
     LOOP
         IF r.reference IS NOT NULL AND (r.provider || ':' || r.reference) = ANY (v_references) THEN
             UPDATE payments p SET status = 'verified' WHERE p.id = ANY (v_pending);

@@ -135,6 +135,36 @@ fn mixed_events(partner: i64) -> Vec<Value> {
             e["customer_id"] = json!("cus_e");
             e
         },
+        // Review: attribution spans references, so arrival order decides.
+        // An invoice attributes its customer, then the payment comes, naming
+        // no partner; then a customer's payment naming its partner before
+        // one (with a smaller reference) that does not.
+        {
+            let mut e = event("evt_inv", "attribute", None, None, Some(partner));
+            e["customer_id"] = json!("cus_sub");
+            e
+        },
+        {
+            let mut e = event("evt_sub", "verify", Some("pi_sub"), Some(80_000), None);
+            e["customer_id"] = json!("cus_sub");
+            e
+        },
+        {
+            let mut e = event(
+                "evt_zb",
+                "verify",
+                Some("pi_zb"),
+                Some(90_000),
+                Some(partner),
+            );
+            e["customer_id"] = json!("cus_z");
+            e
+        },
+        {
+            let mut e = event("evt_za", "verify", Some("pi_za"), Some(60_000), None);
+            e["customer_id"] = json!("cus_z");
+            e
+        },
     ]
 }
 
@@ -227,8 +257,27 @@ async fn a_batch_gives_every_event_the_outcome_it_has_alone_and_commits_once() {
             "ignored",
             "verified",
             "verified",
+            "verified",
+            "attributed",
+            "verified",
+            "verified",
             "verified"
         ]
+    );
+    let attributed: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "SELECT provider_reference, partner_id FROM payments
+          WHERE provider_reference IN ('pi_sub', 'pi_za') ORDER BY provider_reference",
+    )
+    .fetch_all(&batched.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        attributed,
+        [
+            ("pi_sub".into(), Some(partner)),
+            ("pi_za".into(), Some(partner))
+        ],
+        "each earns for the partner its customer was attributed to by an earlier event"
     );
     assert_eq!(outcomes_batched[6].1.as_deref(), Some("unknown_partner"));
     assert_eq!(
