@@ -294,44 +294,9 @@ DROP FUNCTION IF EXISTS apply_webhook_event(text, text, text, jsonb, text, text,
 -- calls ambiguous.
 DROP FUNCTION IF EXISTS apply_webhook_event(text, text, text, jsonb, text, text, bigint, text, bigint, text, text, timestamptz);
 
--- The first step of every provider event, alone or in a batch: its row in
--- webhook_events, then its reference's lock.
-CREATE OR REPLACE FUNCTION record_webhook_event(
-    p_provider      text,
-    p_event_id      text,
-    p_event_type    text,
-    p_payload       jsonb,
-    p_action        text,
-    p_reference     text,
-    p_amount_minor  bigint,
-    p_currency      text,
-    p_partner_id    bigint,
-    p_object_id     text,
-    p_object_state  text,
-    p_occurred_at   timestamptz,
-    p_customer_id   text)
-RETURNS boolean
-LANGUAGE plpgsql
-AS $$
-BEGIN
-    -- A redelivery racing the first delivery waits on this primary key until
-    -- that commits, then finds the row and changes nothing.
-    INSERT INTO webhook_events (provider, event_id, event_type, outcome, payload, action, reference,
-                                amount_minor, currency, partner_id, object_id, object_state, occurred_at, customer_id)
-    VALUES (p_provider, p_event_id, p_event_type, 'processing', p_payload, p_action, p_reference,
-            p_amount_minor, p_currency, p_partner_id, p_object_id, p_object_state, p_occurred_at, p_customer_id)
-    ON CONFLICT (provider, event_id) DO NOTHING;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    IF p_reference IS NOT NULL THEN
-        PERFORM provider_reference_lock(p_provider, p_reference);
-    END IF;
-    RETURN true;
-END
-$$;
-COMMENT ON FUNCTION record_webhook_event(text, text, text, jsonb, text, text, bigint, text, bigint, text, text, timestamptz, text) IS
-    'Engine internals: records a provider event as processing and locks its reference; false (and nothing written) when the event was recorded before.';
+-- Its insert-and-lock step is inline again below: a batch records its
+-- events in one statement (apply_webhook_events).
+DROP FUNCTION IF EXISTS record_webhook_event(text, text, text, jsonb, text, text, bigint, text, bigint, text, text, timestamptz, text);
 
 CREATE OR REPLACE FUNCTION apply_webhook_event(
     p_provider      text,
@@ -353,11 +318,19 @@ AS $$
 DECLARE
     e webhook_events;
 BEGIN
-    IF NOT record_webhook_event(p_provider, p_event_id, p_event_type, p_payload, p_action, p_reference,
-                                p_amount_minor, p_currency, p_partner_id, p_object_id, p_object_state,
-                                p_occurred_at, p_customer_id) THEN
+    -- A redelivery racing the first delivery waits on this primary key until
+    -- that commits, then finds the row and changes nothing.
+    INSERT INTO webhook_events (provider, event_id, event_type, outcome, payload, action, reference,
+                                amount_minor, currency, partner_id, object_id, object_state, occurred_at, customer_id)
+    VALUES (p_provider, p_event_id, p_event_type, 'processing', p_payload, p_action, p_reference,
+            p_amount_minor, p_currency, p_partner_id, p_object_id, p_object_state, p_occurred_at, p_customer_id)
+    ON CONFLICT (provider, event_id) DO NOTHING;
+    IF NOT FOUND THEN
         RETURN QUERY SELECT 'duplicate'::text, NULL::bigint, NULL::text;
         RETURN;
+    END IF;
+    IF p_reference IS NOT NULL THEN
+        PERFORM provider_reference_lock(p_provider, p_reference);
     END IF;
     e := apply_stored_event(p_provider, p_event_id);
     RETURN QUERY SELECT e.outcome, e.payment_id, e.parked_reason;

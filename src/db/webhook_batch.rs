@@ -62,72 +62,53 @@ impl Apply for Webhooks {
         failed: "webhook_batches_failed_total",
     };
 
-    async fn one(&self, event: &StoredEvent) -> Result<Applied> {
-        apply_one(&self.db, event).await
+    /// One event in its own transaction (sql/07_webhooks.sql, apply_webhook_event).
+    async fn one(&self, e: &StoredEvent) -> Result<Applied> {
+        Ok(sqlx::query_as!(
+            Applied,
+            r#"SELECT outcome AS "outcome!", payment_id, parked_reason
+                 FROM apply_webhook_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"#,
+            e.provider,
+            e.event_id,
+            e.event_type,
+            e.payload,
+            e.action,
+            e.reference,
+            e.amount_minor,
+            e.currency,
+            e.partner_id,
+            e.object_id,
+            e.object_state,
+            e.occurred_at,
+            e.customer_id
+        )
+        .fetch_one(&self.db)
+        .await?)
     }
 
+    /// Many events in one transaction (apply_webhook_events): one row per
+    /// event, by its 1-based position in the batch.
     async fn many(&self, events: &[StoredEvent]) -> Result<Vec<Option<Applied>>> {
+        let rows = sqlx::query!(
+            r#"SELECT ordinal AS "ordinal!", outcome AS "outcome!", payment_id, parked_reason
+                 FROM apply_webhook_events($1)"#,
+            sqlx::types::Json(events) as _
+        )
+        .fetch_all(&self.db)
+        .await?;
         let mut answers: Vec<Option<Applied>> = events.iter().map(|_| None).collect();
-        for (at, applied) in apply_many(&self.db, events).await? {
-            if let Some(answer) = answers.get_mut(at) {
-                *answer = Some(applied);
+        for row in rows {
+            let at = usize::try_from(row.ordinal)
+                .ok()
+                .and_then(|n| n.checked_sub(1));
+            if let Some(answer) = at.and_then(|at| answers.get_mut(at)) {
+                *answer = Some(Applied {
+                    outcome: row.outcome,
+                    payment_id: row.payment_id,
+                    parked_reason: row.parked_reason,
+                });
             }
         }
         Ok(answers)
     }
-}
-
-/// One event in its own transaction (sql/07_webhooks.sql, apply_webhook_event).
-async fn apply_one(db: &sqlx::PgPool, e: &StoredEvent) -> Result<Applied> {
-    let row = sqlx::query!(
-        r#"SELECT outcome AS "outcome!", payment_id, parked_reason
-             FROM apply_webhook_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"#,
-        e.provider,
-        e.event_id,
-        e.event_type,
-        e.payload,
-        e.action,
-        e.reference,
-        e.amount_minor,
-        e.currency,
-        e.partner_id,
-        e.object_id,
-        e.object_state,
-        e.occurred_at,
-        e.customer_id
-    )
-    .fetch_one(db)
-    .await?;
-    Ok(Applied {
-        outcome: row.outcome,
-        payment_id: row.payment_id,
-        parked_reason: row.parked_reason,
-    })
-}
-
-/// Many events in one transaction (apply_webhook_events): one row per
-/// event, by its 1-based position in the batch.
-async fn apply_many(
-    db: &sqlx::PgPool,
-    events: &[StoredEvent],
-) -> std::result::Result<Vec<(usize, Applied)>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"SELECT ordinal AS "ordinal!", outcome AS "outcome!", payment_id, parked_reason
-             FROM apply_webhook_events($1)"#,
-        sqlx::types::Json(events) as _
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| {
-            let at = usize::try_from(row.ordinal).ok()?.checked_sub(1)?;
-            let applied = Applied {
-                outcome: row.outcome,
-                payment_id: row.payment_id,
-                parked_reason: row.parked_reason,
-            };
-            Some((at, applied))
-        })
-        .collect())
 }

@@ -43,14 +43,15 @@ fn dispute(id: &str, reference: &str, dispute_id: &str, state: &str, amount: i64
 /// engine answers without moving money, and ones that only apply because an
 /// earlier event of the same batch recorded their payment.
 fn mixed_events(partner: i64) -> Vec<Value> {
+    let charge_a = event(
+        "evt_a1",
+        "verify",
+        Some("pi_a"),
+        Some(1_000_000),
+        Some(partner),
+    );
     vec![
-        event(
-            "evt_a1",
-            "verify",
-            Some("pi_a"),
-            Some(1_000_000),
-            Some(partner),
-        ),
+        charge_a.clone(),
         event(
             "evt_a2",
             "refund_cumulative",
@@ -65,13 +66,8 @@ fn mixed_events(partner: i64) -> Vec<Value> {
             Some(1_000_000),
             Some(partner),
         ),
-        event(
-            "evt_a1",
-            "verify",
-            Some("pi_a"),
-            Some(1_000_000),
-            Some(partner),
-        ),
+        // The provider delivers the first event again.
+        charge_a,
         event(
             "evt_l1",
             "refund_cumulative",
