@@ -125,6 +125,14 @@ fn mixed_events(partner: i64) -> Vec<Value> {
             Some(partner),
         ),
         event("evt_d", "verify", Some("pi_d"), Some(50_000), None),
+        // Also set-based: its refund was parked by an earlier transaction.
+        event(
+            "evt_early",
+            "verify",
+            Some("pi_early"),
+            Some(100_000),
+            Some(partner),
+        ),
         // A customer to attribute: one by one, as alone.
         {
             let mut e = event("evt_e", "verify", Some("pi_e"), Some(70_000), Some(partner));
@@ -164,10 +172,26 @@ fn mixed_events(partner: i64) -> Vec<Value> {
     ]
 }
 
+/// One event in its own transaction, as the service applied it before batching.
+async fn apply_alone(db: &TestDatabase, e: &Value) -> (String, Option<String>) {
+    sqlx::query_as(
+        "SELECT outcome, parked_reason FROM apply_webhook_event($1->>'provider', $1->>'event_id',
+                $1->>'event_type', $1->'payload', $1->>'action', $1->>'reference',
+                ($1->>'amount_minor')::bigint, $1->>'currency', ($1->>'partner_id')::bigint,
+                $1->>'object_id', $1->>'object_state', ($1->>'occurred_at')::timestamptz,
+                $1->>'customer_id')",
+    )
+    .bind(e)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
 /// What the engine left behind, in a form two databases can be compared by.
 async fn state(db: &TestDatabase) -> Vec<String> {
     let queries = [
-        "SELECT format('payment %s %s %s %s %s', provider_reference, status, amount, refunded_amount, partner_id)
+        "SELECT format('payment %s %s %s %s %s verified_at:%s minor_units:%s', provider_reference, status, amount,
+                refunded_amount, partner_id, verified_at IS NOT NULL, minor_units)
            FROM payments ORDER BY provider_reference",
         "SELECT format('entry %s %s %s %s', p.provider_reference, c.kind, c.amount, c.reason)
            FROM commissions c JOIN payments p ON p.id = c.payment_id ORDER BY p.provider_reference, c.id",
@@ -192,21 +216,28 @@ async fn a_batch_gives_every_event_the_outcome_it_has_alone_and_commits_once() {
     assert_eq!(create_partner(&batched.pool, "Acme", None).await, partner);
     let events = mixed_events(partner);
 
+    // Before either: a refund that came ahead of its charge, parked. The
+    // charge is in the batch, alone on its reference (the set-based case), so
+    // the engine must apply the parked refund as it records the payment.
+    let early_refund = event(
+        "evt_early_refund",
+        "refund_cumulative",
+        Some("pi_early"),
+        Some(20_000),
+        None,
+    );
+    for db in [&alone, &batched] {
+        let (outcome, reason) = apply_alone(db, &early_refund).await;
+        assert_eq!(
+            (outcome.as_str(), reason.as_deref()),
+            ("parked", Some("unknown_payment"))
+        );
+    }
+
     // One transaction per event, in arrival order: what the service did before batching.
     let mut outcomes_alone = Vec::new();
     for e in &events {
-        let row: (String, Option<String>) = sqlx::query_as(
-            "SELECT outcome, parked_reason FROM apply_webhook_event($1->>'provider', $1->>'event_id',
-                    $1->>'event_type', $1->'payload', $1->>'action', $1->>'reference',
-                    ($1->>'amount_minor')::bigint, $1->>'currency', ($1->>'partner_id')::bigint,
-                    $1->>'object_id', $1->>'object_state', ($1->>'occurred_at')::timestamptz,
-                    $1->>'customer_id')",
-        )
-        .bind(e)
-        .fetch_one(&alone.pool)
-        .await
-        .unwrap();
-        outcomes_alone.push(row);
+        outcomes_alone.push(apply_alone(&alone, e).await);
     }
 
     // All of them in one call, while a DBA's session listens on the partner's channel.
@@ -254,6 +285,7 @@ async fn a_batch_gives_every_event_the_outcome_it_has_alone_and_commits_once() {
             "verified",
             "verified",
             "verified",
+            "verified",
             "attributed",
             "verified",
             "verified",
@@ -274,6 +306,20 @@ async fn a_batch_gives_every_event_the_outcome_it_has_alone_and_commits_once() {
             ("pi_za".into(), Some(partner))
         ],
         "each earns for the partner its customer was attributed to by an earlier event"
+    );
+    let early: (String, i64, String) = sqlx::query_as(
+        "SELECT p.refunded_amount::text, count(c.*) FILTER (WHERE c.kind = 'reversed'),
+                (SELECT w.outcome FROM webhook_events w WHERE w.event_id = 'evt_early_refund')
+           FROM payments p LEFT JOIN commissions c ON c.payment_id = p.id
+          WHERE p.provider_reference = 'pi_early' GROUP BY p.id",
+    )
+    .fetch_one(&batched.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        early,
+        ("200.0000".into(), 1, "refunded".into()),
+        "the refund parked before its charge applied when the batch recorded the payment"
     );
     assert_eq!(outcomes_batched[6].1.as_deref(), Some("unknown_partner"));
     assert_eq!(
