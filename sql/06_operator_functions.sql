@@ -54,9 +54,6 @@ COMMENT ON FUNCTION verify_payment(bigint) IS 'Verifies a pending payment, earni
 CREATE OR REPLACE FUNCTION verify_payments(p_payment_ids bigint[])
 RETURNS TABLE (ordinal integer, payment_id bigint, verified boolean, commission_id bigint)
 LANGUAGE plpgsql
--- As apply_webhook_events: left to choose, PostgreSQL planned the answer's
--- statement again on every call (about 0.2 ms, ten times its run).
-SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 DECLARE

@@ -394,11 +394,6 @@ COMMENT ON FUNCTION webhook_batch_events(jsonb) IS
 CREATE OR REPLACE FUNCTION apply_webhook_events(p_events jsonb)
 RETURNS TABLE (ordinal integer, outcome text, payment_id bigint, parked_reason text)
 LANGUAGE plpgsql
--- Its statements' plans do not depend on how many events a batch holds, but
--- PostgreSQL's choice between a generic and a custom plan does: for the
--- set-based statement it kept choosing custom plans, planned again on every
--- call (0.2 to 0.6 ms, more than the rest of a one-event batch).
-SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 DECLARE
