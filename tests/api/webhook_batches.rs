@@ -592,3 +592,104 @@ async fn webhooks_that_arrive_together_commit_together_and_a_bad_one_fails_alone
         "the audit view is empty"
     );
 }
+
+/// With a batch in the database, a second one leaves only once it holds a
+/// quarter of `WEBHOOK_BATCH_MAX` (here 2 of 8), or when the first one
+/// finishes: a straggler waits to share a commit instead of paying for one
+/// alone (src/db/batch.rs).
+#[tokio::test]
+async fn a_straggler_waits_for_company_or_for_the_batch_in_flight() {
+    let db = TestDatabase::new().await;
+    let app = spawn_app_with(db, |c| {
+        c.batches.webhook_batches_in_flight = 2;
+        c.batches.webhook_batch_max = 8;
+    })
+    .await;
+    let partner = create_partner(&app.db.pool, "Acme", None).await;
+    let advisory_waiters = || async {
+        app.count(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+        )
+        .await
+    };
+    let paid = |reference: &'static str| {
+        let app = &app;
+        async move {
+            app.count(&format!(
+                "SELECT count(*) FROM payments WHERE provider_reference = '{reference}'"
+            ))
+            .await
+        }
+    };
+
+    // Round 1: one batch blocked in the database by a DBA's lock.
+    let blocker = Blocker::hold(&app, "pi_hold_1").await;
+    let blocked_body = stripe_charge("evt_hold_1", "pi_hold_1", 100_000, partner);
+    let blocked = app.stripe(&blocked_body);
+    let rest = async {
+        until("the blocked event waiting for its reference", || async {
+            (advisory_waiters().await == 1).then_some(())
+        })
+        .await;
+        // A lone straggler: a slot is free, but it waits for company.
+        let first_body = stripe_charge("evt_s1", "pi_s1", 200_000, partner);
+        let first = app.stripe(&first_body);
+        let second = async {
+            until("the straggler waiting in the batcher", || async {
+                (app.gauge("webhook_events_waiting").await == 1).then_some(())
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(paid("pi_s1").await, 0, "the straggler did not commit alone");
+            // Company: the two leave together, beside the blocked batch.
+            app.stripe(&stripe_charge("evt_s2", "pi_s2", 300_000, partner))
+                .await
+        };
+        let (first, second) = tokio::join!(first, second);
+        assert_eq!(json(first, 200).await["outcome"], "verified");
+        assert_eq!(json(second, 200).await["outcome"], "verified");
+        assert_eq!(
+            advisory_waiters().await,
+            1,
+            "the first batch is still blocked"
+        );
+        assert_eq!(
+            app.count("SELECT count(DISTINCT xmin::text) FROM webhook_events WHERE event_id IN ('evt_s1', 'evt_s2')")
+                .await,
+            1,
+            "one transaction for the two"
+        );
+        blocker.release().await;
+    };
+    let (blocked, ()) = tokio::join!(blocked, rest);
+    assert_eq!(json(blocked, 200).await["outcome"], "verified");
+
+    // Round 2: no company comes; the straggler leaves when the batch in
+    // flight finishes.
+    let blocker = Blocker::hold(&app, "pi_hold_2").await;
+    let blocked_body = stripe_charge("evt_hold_2", "pi_hold_2", 100_000, partner);
+    let blocked = app.stripe(&blocked_body);
+    let rest = async {
+        until("the blocked event waiting for its reference", || async {
+            (advisory_waiters().await == 1).then_some(())
+        })
+        .await;
+        let straggler_body = stripe_charge("evt_s3", "pi_s3", 400_000, partner);
+        let straggler = app.stripe(&straggler_body);
+        let release = async {
+            until("the straggler waiting in the batcher", || async {
+                (app.gauge("webhook_events_waiting").await == 1).then_some(())
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(paid("pi_s3").await, 0);
+            blocker.release().await;
+        };
+        tokio::join!(straggler, release).0
+    };
+    let (blocked, straggler) = tokio::join!(blocked, rest);
+    assert_eq!(json(blocked, 200).await["outcome"], "verified");
+    assert_eq!(json(straggler, 200).await["outcome"], "verified");
+    assert_eq!(app.count("SELECT count(*) FROM commission_audit").await, 0);
+}
