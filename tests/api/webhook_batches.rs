@@ -433,6 +433,23 @@ impl Blocker {
     }
 }
 
+/// Sessions waiting for a reference's lock (`Blocker`).
+async fn advisory_waiters(app: &TestApp) -> i64 {
+    app.count(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+    )
+    .await
+}
+
+/// Until one event is in the database, waiting for a `Blocker`'s reference.
+async fn until_blocked(app: &TestApp) {
+    until("the blocked event waiting for its reference", || async {
+        (advisory_waiters(app).await == 1).then_some(())
+    })
+    .await;
+}
+
 /// Sends `bodies` while the node's only slot is held by a blocked event, so
 /// they are applied as one batch; returns their responses, in order.
 async fn as_one_batch(
@@ -446,16 +463,7 @@ async fn as_one_batch(
     let blocked_body = stripe_charge(&format!("evt_block_{tag}"), &blocked_ref, 100_000, partner);
     let the_rest = async {
         // The blocked event is in the database, waiting for the reference.
-        until("the blocked event waiting for its reference", || async {
-            let waiting = app
-                .count(
-                    "SELECT count(*) FROM pg_stat_activity
-                      WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
-                )
-                .await;
-            (waiting == 1).then_some(())
-        })
-        .await;
+        until_blocked(app).await;
         let sends = join_all(bodies.iter().map(|b| app.stripe(b)));
         let queued_then_released = async {
             until("every event queued for the next batch", || async {
@@ -606,20 +614,22 @@ async fn a_straggler_waits_for_company_or_for_the_batch_in_flight() {
     })
     .await;
     let partner = create_partner(&app.db.pool, "Acme", None).await;
-    let advisory_waiters = || async {
-        app.count(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
-        )
-        .await
-    };
-    let paid = |reference: &'static str| {
+    // One event waits in the batcher, beside the blocked batch, and stays
+    // there: its payment is not recorded.
+    let straggler_waits = |reference: &'static str| {
         let app = &app;
         async move {
-            app.count(&format!(
-                "SELECT count(*) FROM payments WHERE provider_reference = '{reference}'"
-            ))
-            .await
+            until("the straggler waiting in the batcher", || async {
+                (app.gauge("webhook_events_waiting").await == 1).then_some(())
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let paid = app
+                .count(&format!(
+                    "SELECT count(*) FROM payments WHERE provider_reference = '{reference}'"
+                ))
+                .await;
+            assert_eq!(paid, 0, "the straggler did not commit alone");
         }
     };
 
@@ -628,20 +638,12 @@ async fn a_straggler_waits_for_company_or_for_the_batch_in_flight() {
     let blocked_body = stripe_charge("evt_hold_1", "pi_hold_1", 100_000, partner);
     let blocked = app.stripe(&blocked_body);
     let rest = async {
-        until("the blocked event waiting for its reference", || async {
-            (advisory_waiters().await == 1).then_some(())
-        })
-        .await;
+        until_blocked(&app).await;
         // A lone straggler: a slot is free, but it waits for company.
         let first_body = stripe_charge("evt_s1", "pi_s1", 200_000, partner);
         let first = app.stripe(&first_body);
         let second = async {
-            until("the straggler waiting in the batcher", || async {
-                (app.gauge("webhook_events_waiting").await == 1).then_some(())
-            })
-            .await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            assert_eq!(paid("pi_s1").await, 0, "the straggler did not commit alone");
+            straggler_waits("pi_s1").await;
             // Company: the two leave together, beside the blocked batch.
             app.stripe(&stripe_charge("evt_s2", "pi_s2", 300_000, partner))
                 .await
@@ -650,7 +652,7 @@ async fn a_straggler_waits_for_company_or_for_the_batch_in_flight() {
         assert_eq!(json(first, 200).await["outcome"], "verified");
         assert_eq!(json(second, 200).await["outcome"], "verified");
         assert_eq!(
-            advisory_waiters().await,
+            advisory_waiters(&app).await,
             1,
             "the first batch is still blocked"
         );
@@ -671,19 +673,11 @@ async fn a_straggler_waits_for_company_or_for_the_batch_in_flight() {
     let blocked_body = stripe_charge("evt_hold_2", "pi_hold_2", 100_000, partner);
     let blocked = app.stripe(&blocked_body);
     let rest = async {
-        until("the blocked event waiting for its reference", || async {
-            (advisory_waiters().await == 1).then_some(())
-        })
-        .await;
+        until_blocked(&app).await;
         let straggler_body = stripe_charge("evt_s3", "pi_s3", 400_000, partner);
         let straggler = app.stripe(&straggler_body);
         let release = async {
-            until("the straggler waiting in the batcher", || async {
-                (app.gauge("webhook_events_waiting").await == 1).then_some(())
-            })
-            .await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            assert_eq!(paid("pi_s3").await, 0);
+            straggler_waits("pi_s3").await;
             blocker.release().await;
         };
         tokio::join!(straggler, release).0
