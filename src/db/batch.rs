@@ -12,12 +12,15 @@
 //! * No timer. With no batch in the database, a batch leaves at once, so a
 //!   lone request waits for nothing; batches only grow when the database is
 //!   busy, which is when they pay.
-//! * A second batch (or third: `in_flight`) leaves beside one already in the
-//!   database only once it holds a quarter of `max`; until then it waits
-//!   for more requests or for a batch to finish. Small commits cost
-//!   PostgreSQL several times more per payment than large ones, and
-//!   sending every straggler at once, when a slot happened to be free, made
-//!   a third of the commits at the max rate carry one payment.
+//! * Under load (one of the node's last eight batches carried more than one
+//!   request), a second batch (or third: `in_flight`) leaves beside one
+//!   already in the database only once it holds a quarter of `max`; until
+//!   then it waits for more requests or for a batch to finish. Small
+//!   commits cost PostgreSQL several times more per payment than large
+//!   ones, and sending every straggler at once, when a slot happened to be
+//!   free, made a third of the commits at the max rate carry one payment.
+//!   At a light load the wait would buy nothing but latency, so there a
+//!   batch still leaves whenever a slot is free.
 //! * Each request is answered only after its batch commits, with the answer
 //!   it would have had alone.
 //! * A request the batch cannot answer as it would alone (a verification of
@@ -192,7 +195,8 @@ async fn run<A: Apply>(
     max: usize,
 ) {
     // The size at which a batch leaves beside another in the database.
-    let beside = (max / 4).max(2);
+    let beside = (max / 4).max(2).min(max);
+    let mut recent = Recent::default();
     loop {
         // A slot first, then the batch: whatever arrives while every slot is
         // busy waits in the queue and leaves together.
@@ -204,7 +208,7 @@ async fn run<A: Apply>(
         };
         let mut batch = vec![first];
         take_waiting(&mut queue, &mut batch, max);
-        while batch.len() < beside.min(max) && slots.others_in_flight(&slot) > 0 {
+        while batch.len() < beside && recent.had_company() && slots.others_in_flight(&slot) > 0 {
             // Registered before the check below, so a batch finishing in
             // between is not missed.
             let finished = slots.finished.notified();
@@ -231,11 +235,33 @@ async fn run<A: Apply>(
         if batch.is_empty() {
             continue;
         }
+        recent.left(batch.len());
         let in_flight = InFlight {
             _slot: slot,
             finished: slots.finished.clone(),
         };
         tokio::spawn(apply_batch(apply.clone(), batch, in_flight));
+    }
+}
+
+/// The sizes of the last batches that left: whether the node is under load.
+#[derive(Default)]
+struct Recent {
+    sizes: [usize; 8],
+    next: usize,
+}
+
+impl Recent {
+    fn left(&mut self, size: usize) {
+        self.sizes[self.next] = size;
+        self.next = (self.next + 1) % self.sizes.len();
+    }
+
+    /// One of the last eight batches carried more than one request. At a
+    /// light load (nearly every batch alone) a straggler is not held: it
+    /// would wait a commit's time for company that seldom comes.
+    fn had_company(&self) -> bool {
+        self.sizes.iter().any(|&n| n > 1)
     }
 }
 

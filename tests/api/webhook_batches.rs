@@ -601,10 +601,10 @@ async fn webhooks_that_arrive_together_commit_together_and_a_bad_one_fails_alone
     );
 }
 
-/// With a batch in the database, a second one leaves only once it holds a
-/// quarter of `WEBHOOK_BATCH_MAX` (here 2 of 8), or when the first one
-/// finishes: a straggler waits to share a commit instead of paying for one
-/// alone (src/db/batch.rs).
+/// Under load, with a batch in the database, a second one leaves only once
+/// it holds a quarter of `WEBHOOK_BATCH_MAX` (here 2 of 8), or when the
+/// first one finishes: a straggler waits to share a commit instead of paying
+/// for one alone. At a light load it leaves at once (src/db/batch.rs).
 #[tokio::test]
 async fn a_straggler_waits_for_company_or_for_the_batch_in_flight() {
     let db = TestDatabase::new().await;
@@ -632,6 +632,55 @@ async fn a_straggler_waits_for_company_or_for_the_batch_in_flight() {
             assert_eq!(paid, 0, "the straggler did not commit alone");
         }
     };
+
+    // Round 0, a light load (every batch so far alone): a straggler beside a
+    // blocked batch leaves at once on the free slot.
+    let blocker = Blocker::hold(&app, "pi_hold_0").await;
+    let blocked_body = stripe_charge("evt_hold_0", "pi_hold_0", 100_000, partner);
+    let blocked = app.stripe(&blocked_body);
+    let rest = async {
+        until_blocked(&app).await;
+        let alone = stripe_charge("evt_s0", "pi_s0", 200_000, partner);
+        assert_eq!(
+            json(app.stripe(&alone).await, 200).await["outcome"],
+            "verified"
+        );
+        // Then both slots blocked, and two events queued behind them leave
+        // together: a batch with company, so the node is now under load.
+        let second_body = stripe_charge("evt_hold_0b", "pi_hold_0", 100_000, partner);
+        let second = app.stripe(&second_body);
+        let company = async {
+            until("both slots blocked", || async {
+                (advisory_waiters(&app).await == 2).then_some(())
+            })
+            .await;
+            let bodies = [
+                stripe_charge("evt_c1", "pi_c1", 200_000, partner),
+                stripe_charge("evt_c2", "pi_c2", 200_000, partner),
+            ];
+            let sends = join_all(bodies.iter().map(|b| app.stripe(b)));
+            let release = async {
+                until("two events queued", || async {
+                    (app.gauge("webhook_events_waiting").await == 2).then_some(())
+                })
+                .await;
+                blocker.release().await;
+            };
+            tokio::join!(sends, release).0
+        };
+        let (second, company) = tokio::join!(second, company);
+        assert_eq!(json(second, 200).await["outcome"], "already_verified");
+        for r in company {
+            assert_eq!(json(r, 200).await["outcome"], "verified");
+        }
+    };
+    let (blocked, ()) = tokio::join!(blocked, rest);
+    assert_eq!(json(blocked, 200).await["outcome"], "verified");
+    assert_eq!(
+        app.count("SELECT count(DISTINCT xmin::text) FROM webhook_events WHERE event_id IN ('evt_c1', 'evt_c2')")
+            .await,
+        1
+    );
 
     // Round 1: one batch blocked in the database by a DBA's lock.
     let blocker = Blocker::hold(&app, "pi_hold_1").await;
