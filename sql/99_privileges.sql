@@ -83,7 +83,9 @@ BEGIN
         SELECT t.oid::regtype AS name
           FROM pg_type t
          WHERE t.typnamespace = v_schema::regnamespace
-           AND t.typtype IN ('e', 'd')
+           -- Enums, domains, and composite types of their own (not a table's row type).
+           AND (t.typtype IN ('e', 'd')
+                OR t.typtype = 'c' AND EXISTS (SELECT FROM pg_class c WHERE c.oid = t.typrelid AND c.relkind = 'c'))
            AND t.typowner <> 'commissions_owner'::regrole
            AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e')
     LOOP

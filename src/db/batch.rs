@@ -178,12 +178,16 @@ impl Slots {
 /// A slot's hold on the database: gives the slot back and wakes a batch
 /// waiting to grow.
 struct InFlight {
-    _slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
     finished: Arc<Notify>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        // The slot first: a waiting batch that registers after this wake-up
+        // (notify_waiters reaches only those registered) must then find the
+        // slot free when it checks, or it would wait for the next request.
+        drop(self.slot.take());
         self.finished.notify_waiters();
     }
 }
@@ -237,7 +241,7 @@ async fn run<A: Apply>(
         }
         recent.left(batch.len());
         let in_flight = InFlight {
-            _slot: slot,
+            slot: Some(slot),
             finished: slots.finished.clone(),
         };
         tokio::spawn(apply_batch(apply.clone(), batch, in_flight));

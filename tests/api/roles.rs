@@ -240,7 +240,12 @@ async fn the_owner_owns_everything_and_only_the_listed_functions_run_as_it() {
             AND c.relname <> 'refinery_schema_history' AND c.relowner <> 'commissions_owner'::regrole
          UNION ALL
          SELECT p.proname::text FROM pg_proc p
-          WHERE p.pronamespace = current_schema()::regnamespace AND p.proowner <> 'commissions_owner'::regrole",
+          WHERE p.pronamespace = current_schema()::regnamespace AND p.proowner <> 'commissions_owner'::regrole
+         UNION ALL
+         -- Enums, domains and composite types (a table's row type follows its table).
+         SELECT t.typname::text FROM pg_type t
+          WHERE t.typnamespace = current_schema()::regnamespace AND t.typtype IN ('e', 'd', 'c')
+            AND t.typname <> 'refinery_schema_history' AND t.typowner <> 'commissions_owner'::regrole",
     )
     .await;
     assert!(
