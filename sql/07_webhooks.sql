@@ -435,12 +435,19 @@ BEGIN
        FROM (SELECT DISTINCT x.provider, x.reference FROM unnest(v_new) x
               WHERE x.reference IS NOT NULL
               ORDER BY x.provider, x.reference) k;
-    -- Their payments, in id order, as a payout run and verify_payments lock them.
-    PERFORM 1 FROM payments p
-     WHERE (p.provider, p.provider_reference) IN (
-           SELECT x.provider, x.reference FROM unnest(v_new) x WHERE x.reference IS NOT NULL)
-     ORDER BY p.id
-       FOR UPDATE;
+    -- Their payments, in id order, as a payout run and verify_payments lock
+    -- them. Each is found, then locked, through its index, one by one: the
+    -- plan PL/pgSQL keeps for a statement is made once per session, and one
+    -- made while payments was small hashed the whole table on every batch
+    -- after it had grown (a nested loop over an index stays cheap at any size).
+    PERFORM 1
+       FROM (SELECT q.id
+               FROM (SELECT DISTINCT x.provider, x.reference FROM unnest(v_new) x WHERE x.reference IS NOT NULL) k
+              CROSS JOIN LATERAL (SELECT p.id FROM payments p
+                                   WHERE p.provider = k.provider AND p.provider_reference = k.reference
+                                   LIMIT 1) q  -- (one at most: it is unique)
+              ORDER BY q.id) i
+      CROSS JOIN LATERAL (SELECT 1 FROM payments p WHERE p.id = i.id FOR UPDATE) l;
 
     -- The common case, set-based (see above for which events qualify). Its
     -- payments are recorded verified, in one INSERT that runs the engine

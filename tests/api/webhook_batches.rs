@@ -397,6 +397,98 @@ async fn apply_webhook_events_refuses_what_is_not_an_array_and_changes_nothing()
     assert_eq!(written, 0);
 }
 
+/// PL/pgSQL plans each statement of a function once per session and may keep
+/// that plan: one made while `payments` was small read the whole table on
+/// every batch after it had grown (a hash join over a sequential scan, seen
+/// under scripts/bench). A batch must find its payments through the indexes
+/// whatever the tables' size when its session first planned it.
+#[tokio::test]
+async fn a_batch_reads_no_grown_table_whole_on_a_session_that_planned_it_small() {
+    let db = TestDatabase::new().await;
+    let partner = create_partner(&db.pool, "Acme", None).await;
+    let session = db.connect().await;
+    let apply =
+        "SELECT ordinal, outcome FROM apply_webhook_events($1::text::jsonb) ORDER BY ordinal";
+    // Small tables: more batches than PL/pgSQL tries custom plans for (five).
+    for round in 0..8 {
+        let batch: Vec<Value> = (0..3)
+            .map(|i| {
+                let id = format!("small-{round}-{i}");
+                event(&id, "verify", Some(&id), Some(1_000), Some(partner))
+            })
+            .collect();
+        session
+            .query(apply, &[&Value::Array(batch).to_string()])
+            .await
+            .unwrap();
+    }
+    // Grown, by a DBA: twenty thousand pending payments with references.
+    session
+        .batch_execute(&format!(
+            "INSERT INTO payments (amount, currency, partner_id, provider, provider_reference, status)
+             SELECT 10, 'NGN', {partner}, 'stripe', 'grown-' || g, 'pending' FROM generate_series(1, 20000) g"
+        ))
+        .await
+        .unwrap();
+    // Two of them and two new ones, on the same session, in one transaction
+    // whose own scans PostgreSQL counts.
+    let batch = json!([
+        event(
+            "late-1",
+            "verify",
+            Some("grown-5"),
+            Some(1_000),
+            Some(partner)
+        ),
+        event(
+            "late-2",
+            "verify",
+            Some("late-2"),
+            Some(1_000),
+            Some(partner)
+        ),
+        event(
+            "late-3",
+            "verify",
+            Some("grown-17000"),
+            Some(1_000),
+            Some(partner)
+        ),
+        event(
+            "late-4",
+            "verify",
+            Some("late-4"),
+            Some(1_000),
+            Some(partner)
+        ),
+    ]);
+    // (The counts are the session's since its last report to the statistics
+    // system, which never happens inside a transaction: hence the difference.)
+    let scans = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'payments'";
+    session.batch_execute("BEGIN").await.unwrap();
+    let before: i64 = session.query_one(scans, &[]).await.unwrap().get(0);
+    let outcomes: Vec<String> = session
+        .query(apply, &[&batch.to_string()])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(1))
+        .collect();
+    let after: i64 = session.query_one(scans, &[]).await.unwrap().get(0);
+    session.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(outcomes, ["verified"; 4]);
+    assert_eq!(
+        after - before,
+        0,
+        "sequential scans of payments in the batch"
+    );
+    let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM commission_audit")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(audit, 0);
+}
+
 fn stripe_charge(event_id: &str, intent: &str, amount_minor: i64, partner: i64) -> String {
     json!({
         "id": event_id, "object": "event", "type": "payment_intent.succeeded",
