@@ -65,13 +65,21 @@ BEGIN
     -- would hold up the batch, and locking it could close a circle with a
     -- webhook batch that locks by reference. A row waited for is checked
     -- again once free, and skipped if it is no longer pending.
-    PERFORM 1 FROM payments p WHERE p.id = ANY (p_payment_ids) AND p.status = 'pending' ORDER BY p.id FOR UPDATE;
-    WITH done AS (
-        UPDATE payments p SET status = 'verified'
-         WHERE p.id = ANY (p_payment_ids) AND p.status = 'pending'
-        RETURNING p.id
-    )
-    SELECT coalesce(array_agg(done.id), '{}') INTO v_verified FROM done;
+    -- Row by row through the primary key, and the UPDATE planned for each
+    -- call (EXECUTE): PL/pgSQL may keep a plan for the session's life, and
+    -- one made while payments was small reads the whole table once it has
+    -- grown (tests/api/engine.rs, no_engine_path_reads_a_grown_table_whole...).
+    PERFORM 1
+       FROM (SELECT DISTINCT u.id FROM unnest(p_payment_ids) AS u (id) ORDER BY u.id) i
+      CROSS JOIN LATERAL (SELECT 1 FROM payments p WHERE p.id = i.id AND p.status = 'pending' FOR UPDATE) l;
+    EXECUTE 'WITH done AS (
+                 UPDATE payments p SET status = ''verified''
+                  WHERE p.id = ANY ($1) AND p.status = ''pending''
+                 RETURNING p.id
+             )
+             SELECT coalesce(array_agg(done.id), ''{}'') FROM done'
+       INTO v_verified
+      USING p_payment_ids;
     -- A payment asked for twice was verified by the first asking only.
     RETURN QUERY
     SELECT r.n, r.id, r.done,

@@ -496,7 +496,8 @@ BEGIN
          ORDER BY x.n
     LOOP
         IF r.reference IS NOT NULL AND (r.provider || ':' || r.reference) = ANY (v_references) THEN
-            UPDATE payments p SET status = 'verified' WHERE p.id = ANY (v_pending);
+            -- (EXECUTE: planned at the table's size of the moment, as in verify_payments.)
+            EXECUTE 'UPDATE payments SET status = ''verified'' WHERE id = ANY ($1)' USING v_pending;
             v_pending := '{}';
             v_references := '{}';
         END IF;
@@ -508,7 +509,7 @@ BEGIN
         RETURN QUERY SELECT r.n, e.outcome, e.payment_id, e.parked_reason;
     END LOOP;
     IF cardinality(v_pending) > 0 THEN
-        UPDATE payments p SET status = 'verified' WHERE p.id = ANY (v_pending);
+        EXECUTE 'UPDATE payments SET status = ''verified'' WHERE id = ANY ($1)' USING v_pending;
     END IF;
 END
 $$;
