@@ -802,8 +802,27 @@ fn engine_paths(tag: &str, partner: i64) -> Vec<(&'static str, String)> {
 /// have grown, on the same session.
 #[tokio::test]
 async fn no_engine_path_reads_a_grown_table_whole_on_a_session_that_planned_it_small() {
+    engine_paths_after_growth(None).await;
+}
+
+/// The same with a hold of 0 days: every verification approves at once
+/// (approve_commissions, inside the engine).
+#[tokio::test]
+async fn no_engine_path_reads_a_grown_table_whole_with_approval_at_verification() {
+    engine_paths_after_growth(Some(0)).await;
+}
+
+async fn engine_paths_after_growth(hold_days: Option<i32>) {
     let db = TestDatabase::new().await;
     let partner = create_partner(&db.pool, "Acme", None).await;
+    if let Some(days) = hold_days {
+        sqlx::query("SELECT set_partner_hold_days($1, $2)")
+            .bind(partner)
+            .bind(days)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
     let session = db.connect().await;
     let pending = |tag: &str| {
         format!(
@@ -862,17 +881,18 @@ async fn no_engine_path_reads_a_grown_table_whole_on_a_session_that_planned_it_s
         "sequential scans of grown tables: {whole_reads:?}"
     );
     assert_eq!(count(&db, "SELECT count(*) FROM commission_audit").await, 0);
-    // And the paths did their work: the charge earned, the manual payment was verified and refunded.
-    assert_eq!(
-        count(
-            &db,
+    // And the paths did their work: the four payments earned (and, with a
+    // hold of 0 days, were approved at once), the manual one was refunded.
+    let entries = |kind: &str| {
+        format!(
             "SELECT count(*) FROM commissions c JOIN payments p ON p.id = c.payment_id
               WHERE p.provider_reference IN ('grown-charge', 'grown-manual', 'grown-batch-1', 'grown-batch-2')
-                AND c.kind = 'earned'"
+                AND c.kind = '{kind}'"
         )
-        .await,
-        4
-    );
+    };
+    assert_eq!(count(&db, &entries("earned")).await, 4);
+    let approved_at_once = if hold_days == Some(0) { 4 } else { 0 };
+    assert_eq!(count(&db, &entries("approved")).await, approved_at_once);
     assert_eq!(
         count(&db, "SELECT count(*) FROM payments WHERE provider_reference = 'grown-manual' AND refunded_amount = 5").await,
         1
