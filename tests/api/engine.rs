@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio::time::timeout;
 
-use crate::helpers::{create_partner, create_payment, TestDatabase};
+use crate::helpers::{create_partner, create_payment, sequential_scans, TestDatabase};
 
 fn dec(s: &str) -> Decimal {
     s.parse().unwrap()
@@ -855,20 +855,20 @@ async fn engine_paths_after_growth(hold_days: Option<i32>) {
         ))
         .await
         .unwrap();
-    // (The counts are the session's since its last report to the statistics
-    // system, which never happens inside a transaction: hence the difference.)
-    let scans = "SELECT relname::text, seq_scan FROM pg_stat_xact_user_tables
-                  WHERE relname IN ('payments', 'commissions', 'webhook_events', 'commission_events',
-                                    'notifications', 'disputes')";
-    let read = |rows: Vec<tokio_postgres::Row>| -> std::collections::HashMap<String, i64> {
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
-    };
+    let grown = [
+        "payments",
+        "commissions",
+        "webhook_events",
+        "commission_events",
+        "notifications",
+        "disputes",
+    ];
     let mut whole_reads = Vec::new();
     for (path, sql) in engine_paths("grown", partner) {
         session.batch_execute("BEGIN").await.unwrap();
-        let before = read(session.query(scans, &[]).await.unwrap());
+        let before = sequential_scans(&session, &grown).await;
         session.batch_execute(&sql).await.unwrap();
-        let after = read(session.query(scans, &[]).await.unwrap());
+        let after = sequential_scans(&session, &grown).await;
         session.batch_execute("COMMIT").await.unwrap();
         for (table, n) in after {
             if n > before.get(&table).copied().unwrap_or(0) {

@@ -361,3 +361,22 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Sequential scans of `tables` this session has made and not yet reported
+/// to the statistics system. It reports only between transactions, so two
+/// reads inside one transaction differ by exactly what ran between them.
+pub async fn sequential_scans(
+    session: &tokio_postgres::Client,
+    tables: &[&str],
+) -> std::collections::HashMap<String, i64> {
+    session
+        .query(
+            "SELECT relname::text, seq_scan FROM pg_stat_xact_user_tables WHERE relname = ANY ($1)",
+            &[&tables],
+        )
+        .await
+        .expect("read pg_stat_xact_user_tables")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}

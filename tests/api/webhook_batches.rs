@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::{
     callers::{json, problem},
-    helpers::{create_partner, spawn_app_with, until, TestApp, TestDatabase},
+    helpers::{create_partner, sequential_scans, spawn_app_with, until, TestApp, TestDatabase},
     realtime::{events, open, partner_token, seqs},
 };
 
@@ -462,11 +462,8 @@ async fn a_batch_reads_no_grown_table_whole_on_a_session_that_planned_it_small()
             Some(partner)
         ),
     ]);
-    // (The counts are the session's since its last report to the statistics
-    // system, which never happens inside a transaction: hence the difference.)
-    let scans = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'payments'";
     session.batch_execute("BEGIN").await.unwrap();
-    let before: i64 = session.query_one(scans, &[]).await.unwrap().get(0);
+    let before = sequential_scans(&session, &["payments"]).await["payments"];
     let outcomes: Vec<String> = session
         .query(apply, &[&batch.to_string()])
         .await
@@ -474,7 +471,7 @@ async fn a_batch_reads_no_grown_table_whole_on_a_session_that_planned_it_small()
         .iter()
         .map(|row| row.get(1))
         .collect();
-    let after: i64 = session.query_one(scans, &[]).await.unwrap().get(0);
+    let after = sequential_scans(&session, &["payments"]).await["payments"];
     session.batch_execute("COMMIT").await.unwrap();
     assert_eq!(outcomes, ["verified"; 4]);
     assert_eq!(
